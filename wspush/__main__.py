@@ -1,0 +1,3 @@
+from wspush.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""The `wspush` command: Go wspush's flags, long options, environment, and uvicorn.
+
+    wspush -addr :8080 -redis localhost:6379 -prefix example.
+
+Every setting is a `--long-option` and a `WSPUSH_*` variable; the Go program's six
+single-dash flags work as they did. Bad values stop start-up with one line naming the
+setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from wspush import __version__
+from wspush.embedded import EmbeddedRedis, find_redis_server, redis_answers
+from wspush.factory import configure_logging, create_app, uvicorn_log_level
+from wspush.relay import Relay
+from wspush.settings import (
+    DEFAULT_REDIS,
+    Settings,
+    SettingsError,
+    env_name,
+    fields,
+    load_env_file,
+    option_name,
+)
+
+logger = logging.getLogger("wspush")
+
+EXIT_USAGE = 2
+# Left for uvicorn's own shutdown after wspush has drained its clients.
+UVICORN_GRACE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wspush",
+        description="Relay Redis pub/sub messages (PUBLISH <prefix><token> <message>) to "
+        "WebSocket and Server-Sent Events clients connected with ?token=<token>.",
+        epilog="Precedence: command line, then environment (and a .env file), then defaults. "
+        "PORT (as on Heroku) means 0.0.0.0:$PORT when no address is set.",
+        allow_abbrev=False,
+    )
+    for setting in fields():
+        names = [option_name(setting.name)]
+        if setting.metadata["go"]:
+            names.insert(0, "-" + setting.name)
+        envs = ", ".join([env_name(setting.name), *setting.metadata["env"]])
+        default = "none" if setting.default is None else repr(setting.default)
+        help_text = f"{setting.metadata['help']} [env {envs}; default {default}]"
+        if isinstance(setting.default, bool):
+            parser.add_argument(
+                *names,
+                dest=setting.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+            continue
+        parser.add_argument(
+            *names,
+            dest=setting.name,
+            default=argparse.SUPPRESS,
+            help=help_text,
+            metavar=setting.metadata["metavar"] or setting.name.upper(),
+            choices=setting.metadata["choices"] or None,
+        )
+    parser.add_argument("--version", action="version", version=f"wspush {__version__}")
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None) -> Settings:
+    """Settings from the command line and environment; exits with one line on bad values."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    load_env_file()
+    overrides = {name: str(value) for name, value in vars(args).items()}
+    try:
+        return Settings.from_env(overrides=overrides)
+    except SettingsError as exc:
+        parser.exit(EXIT_USAGE, f"wspush: {exc}\n")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but on shutdown wspush closes its clients before uvicorn cuts them.
+
+    uvicorn's own shutdown closes WebSockets with 1012 and waits for SSE responses;
+    draining first gives WebSockets 1001 and SSE streams a clean end with a retry hint.
+    """
+
+    def __init__(self, config: uvicorn.Config, relay: Relay) -> None:
+        super().__init__(config)
+        self.relay = relay
+
+    async def shutdown(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        for server in getattr(self, "servers", []):
+            server.close()  # stop accepting before draining
+        await self.relay.drain(self.relay.settings.shutdown_timeout)
+        await super().shutdown(sockets)  # type: ignore[arg-type]
+
+
+def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
+    """uvicorn settings that wspush depends on (see README, 'Running under uvicorn')."""
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        log_config=None,  # wspush configures logging
+        log_level=uvicorn_log_level(settings.log_level),
+        access_log=False,
+        server_header=False,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_client_message,
+        ws_per_message_deflate=False,
+        # With no ping payload, heartbeats are protocol-level pings sent by uvicorn.
+        ws_ping_interval=None if settings.ping else settings.ping_interval,
+        ws_ping_timeout=None if settings.ping else settings.ping_interval,
+        timeout_graceful_shutdown=UVICORN_GRACE,
+    )
+
+
+def start_embedded_redis(settings: Settings) -> EmbeddedRedis | None:
+    """Start a redis-server when none is configured and none answers at the default."""
+    if settings.redis_configured or not settings.embedded_redis:
+        return None
+    host, port = DEFAULT_REDIS.rsplit(":", 1)
+    if redis_answers(host, int(port)):
+        return None
+    executable = find_redis_server()
+    if executable is None:
+        logger.error(
+            "no Redis configured, none at %s, and no redis-server to embed "
+            "(pip install 'wspush[embedded]' or set --redis); retrying every second",
+            DEFAULT_REDIS,
+        )
+        return None
+    embedded = EmbeddedRedis(executable)
+    embedded.start()
+    return embedded
+
+
+def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    server = DrainingServer(uvicorn_config(settings, app), app.state.relay)
+    # uvicorn re-raises the signal that stopped it once it is done; with these no-op
+    # handlers in place that ends here, so cleanup below runs and the exit status is 0.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
+    asyncio.run(server.serve())
+    if not server.started:
+        raise SystemExit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    configure_logging(settings.log_level)
+    try:
+        embedded = start_embedded_redis(settings)
+    except RuntimeError as exc:
+        print(f"wspush: {exc}", file=sys.stderr)
+        return 1
+    try:
+        serve(settings)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0

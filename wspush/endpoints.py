@@ -1,0 +1,354 @@
+"""The client side: `/ping`, `/ready`, Server-Sent Events and WebSocket endpoints.
+
+Each connection subscribes to the hub and drains its own queue. SSE writes every
+queued event in one body chunk; WebSocket sends one frame per message, as the Go
+program does. Refusals get a precise status: 400 for a bad token, 429 when the token
+has its maximum of connections, 503 while shutting down, 426 for a plain GET on a
+WebSocket path, 405 for any method but GET.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import request_response
+from starlette.types import Message as ASGIMessage
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from wspush.hub import Draining, Hub, Message, Subscription, TokenFull, Transport
+from wspush.settings import Settings
+from wspush.stats import Stats
+from wspush.subscriber import Subscriber
+from wspush.tokens import TokenError, authorize
+
+logger = logging.getLogger("wspush.endpoints")
+
+# WebSocket close codes (RFC 6455 section 7.4.1 and the IANA registry).
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
+
+Frame = Callable[[Message], "ASGIMessage | None"]
+
+
+def is_sse_request(scope: Scope) -> bool:
+    """Go's rule: the path ends in /sse, or Accept mentions text/event-stream."""
+    if scope["path"].endswith("/sse"):
+        return True
+    return any(
+        name == b"accept" and b"text/event-stream" in value for name, value in scope["headers"]
+    )
+
+
+class Refusal(Exception):
+    """A connection the relay will not serve, with the HTTP status and close code to say so."""
+
+    def __init__(self, status: int, close_code: int, reason: str, counter: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.close_code = close_code
+        self.reason = reason
+        self.counter = counter
+
+
+class Endpoints:
+    """The routes of one relay, bound to its settings, hub and counters."""
+
+    def __init__(self, settings: Settings, hub: Hub, subscriber: Subscriber, stats: Stats) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.subscriber = subscriber
+        self.stats = stats
+        self.frame = websocket_framer(settings.ws_frame)
+
+    # -- plain HTTP ---------------------------------------------------------------------
+
+    async def ping(self, request: Request) -> Response:
+        """Liveness: 200 while the process serves HTTP, whatever Redis is doing."""
+        if request.method != "GET":
+            return method_not_allowed()
+        return Response(status_code=200)
+
+    async def ready(self, request: Request) -> Response:
+        """Readiness: 200 only while the Redis subscription is live and not draining."""
+        if request.method != "GET":
+            return method_not_allowed()
+        if self.subscriber.live and not self.hub.draining:
+            return PlainTextResponse("ready\n")
+        reason = "draining\n" if self.hub.draining else "redis subscription is down\n"
+        return PlainTextResponse(reason, status_code=503)
+
+    async def http(self, request: Request) -> Response:
+        """Any other HTTP request: an SSE stream, or a refusal."""
+        if request.method != "GET":
+            return method_not_allowed()
+        self.stats.sessions_seen += 1
+        try:
+            token = self._authorize(request.scope)
+            if not is_sse_request(request.scope):
+                raise Refusal(
+                    426,
+                    0,
+                    "this path serves WebSocket; use /sse for Server-Sent Events",
+                    "refused_not_websocket",
+                )
+            subscription = self._subscribe(token, Transport.SSE)
+        except Refusal as refusal:
+            self._count_refusal(refusal, request.scope)
+            headers = {"Upgrade": "websocket"} if refusal.status == 426 else None
+            return PlainTextResponse(refusal.reason + "\n", refusal.status, headers=headers)
+        return SSEResponse(self, subscription)
+
+    # -- WebSocket ----------------------------------------------------------------------
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        self.stats.sessions_seen += 1
+        try:
+            token = self._authorize(websocket.scope)
+            subscription = self._subscribe(token, Transport.WEBSOCKET)
+        except Refusal as refusal:
+            self._count_refusal(refusal, websocket.scope)
+            await deny_websocket(websocket, refusal)
+            return
+        try:
+            await websocket.accept()
+            reader = asyncio.create_task(self._discard_client_frames(websocket))
+            try:
+                await self._pump_websocket(websocket, subscription, reader)
+            finally:
+                reader.cancel()
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            pass  # the client went away mid-send; nothing to tell it
+        finally:
+            self.hub.unsubscribe(subscription)
+
+    async def _pump_websocket(
+        self, websocket: WebSocket, subscription: Subscription, reader: asyncio.Task[None]
+    ) -> None:
+        """Queue -> frames until the client leaves (reader done) or the hub closes us."""
+        queue = subscription.queue
+        send = websocket.send
+        frame = self.frame
+        stats = self.stats
+        reader.add_done_callback(lambda _: subscription.close())
+        while True:
+            message = await queue.get()
+            if message is None:
+                break
+            event = frame(message)
+            if event is None:
+                stats.skipped_invalid_utf8 += 1
+                continue
+            await send(event)
+            if not message.is_heartbeat:
+                stats.successful_deliveries += 1
+        if not reader.done() and websocket.application_state is WebSocketState.CONNECTED:
+            await websocket.close(CLOSE_GOING_AWAY)
+
+    async def _discard_client_frames(self, websocket: WebSocket) -> None:
+        """Read what the client sends and drop it, so a close is noticed at once."""
+        limit = self.settings.max_client_message
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("bytes") or message.get("text") or ""
+                if len(data) > limit:
+                    logger.info("closing a WebSocket that sent %d bytes (max %d)", len(data), limit)
+                    await websocket.close(CLOSE_MESSAGE_TOO_BIG)
+                    return
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            return
+
+    # -- shared -------------------------------------------------------------------------
+
+    def _authorize(self, scope: Scope) -> bytes:
+        try:
+            return authorize(scope["query_string"], self.settings.key)
+        except TokenError as exc:
+            raise Refusal(400, CLOSE_POLICY_VIOLATION, str(exc), "refused_bad_token") from None
+
+    def _subscribe(self, token: bytes, transport: Transport) -> Subscription:
+        try:
+            return self.hub.subscribe(token, transport)
+        except TokenFull:
+            raise Refusal(
+                429,
+                CLOSE_TRY_AGAIN_LATER,
+                f"token already has {self.settings.max_per_token} connections",
+                "refused_token_limit",
+            ) from None
+        except Draining:
+            raise Refusal(
+                503, CLOSE_TRY_AGAIN_LATER, "server is shutting down", "refused_draining"
+            ) from None
+
+    def _count_refusal(self, refusal: Refusal, scope: Scope) -> None:
+        setattr(self.stats, refusal.counter, getattr(self.stats, refusal.counter) + 1)
+        client = scope.get("client")
+        logger.info(
+            "refused %s %s from %s: %d %s",
+            scope["type"],
+            scope["path"],
+            client[0] if client else "?",
+            refusal.status,
+            refusal.reason,
+        )
+
+    def sse_retry_hint(self) -> bytes:
+        """`retry:` with jitter, so clients cut by a shutdown don't all return at once."""
+        base = self.settings.sse_retry
+        return b"retry:%d\n\n" % (base + random.randint(0, base))
+
+
+class SSEResponse(EventSourceResponse):
+    """An EventSourceResponse that always leaves the hub, however the stream ends.
+
+    (A generator that never started would not run its `finally`.)
+    """
+
+    def __init__(self, endpoints: Endpoints, subscription: Subscription) -> None:
+        super().__init__(
+            sse_stream(endpoints, subscription),
+            ping=0,  # heartbeats come through the queue, from one timer for all
+            sep="\n",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            # When sse-starlette sees the server exiting, it waits this long for the
+            # stream to end by itself: the relay's drain ends it with a retry hint.
+            shutdown_grace_period=endpoints.settings.shutdown_timeout,
+        )
+        self.hub = endpoints.hub
+        self.subscription = subscription
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.hub.unsubscribe(self.subscription)
+
+
+async def sse_stream(endpoints: Endpoints, subscription: Subscription) -> AsyncIterator[bytes]:
+    """Everything queued since the last write goes out as one body chunk."""
+    queue = subscription.queue
+    stats = endpoints.stats
+    while True:
+        chunks: list[bytes] = []
+        message = await queue.get()
+        while True:
+            if message is None:
+                chunks.append(endpoints.sse_retry_hint())
+                yield b"".join(chunks)
+                return
+            event = message.sse
+            if event is not None:
+                chunks.append(event)
+                if not message.is_heartbeat:
+                    stats.successful_deliveries += 1
+            elif message.payload:
+                stats.skipped_invalid_utf8 += 1
+            else:
+                stats.skipped_empty += 1
+            if queue.empty():
+                break
+            message = queue.get_nowait()
+        if chunks:
+            yield b"".join(chunks)
+
+
+def websocket_framer(frame_type: str) -> Frame:
+    """The ASGI send event for a message, by frame type; None when it cannot be sent."""
+
+    def binary(message: Message) -> ASGIMessage:
+        return {"type": "websocket.send", "bytes": message.payload}
+
+    def text(message: Message) -> ASGIMessage | None:
+        data = message.text
+        return None if data is None else {"type": "websocket.send", "text": data}
+
+    def auto(message: Message) -> ASGIMessage:
+        data = message.text
+        if data is None:
+            return {"type": "websocket.send", "bytes": message.payload}
+        return {"type": "websocket.send", "text": data}
+
+    framers: dict[str, Frame] = {"binary": binary, "text": text, "auto": auto}
+    return framers[frame_type]
+
+
+async def deny_websocket(websocket: WebSocket, refusal: Refusal) -> None:
+    """An HTTP status before the upgrade where the server can, else a close code."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        response = PlainTextResponse(refusal.reason + "\n", refusal.status)
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close(refusal.close_code, refusal.reason)
+
+
+class AnyMethod:
+    """Route target that lets every HTTP method reach the endpoint.
+
+    Starlette answers unlisted methods itself with `Allow: GET, HEAD`; the Go program
+    (and so wspush) answers 405 with `Allow: GET`, from the endpoint.
+    """
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.app = request_response(endpoint)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def method_not_allowed() -> Response:
+    return PlainTextResponse("method not allowed\n", 405, headers={"Allow": "GET"})
+
+
+def cors_headers_for(allowed: tuple[str, ...]) -> Callable[[Scope], list[tuple[bytes, bytes]]]:
+    """Access-Control-Allow-Origin for a request: '*', or the request's Origin if listed."""
+    if allowed == ("*",):
+        star = [(b"access-control-allow-origin", b"*")]
+        return lambda scope: star
+    listed = {origin.encode() for origin in allowed}
+    vary = (b"vary", b"Origin")
+
+    def headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+        for name, value in scope["headers"]:
+            if name == b"origin" and value in listed:
+                return [(b"access-control-allow-origin", value), vary]
+        return [vary]
+
+    return headers
+
+
+class CORSHeaders:
+    """Put the CORS header on every HTTP response, as the Go program does.
+
+    Starlette's CORSMiddleware only answers requests that carry an Origin header;
+    wspush's contract is that every response has the header.
+    """
+
+    def __init__(self, app: Any, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.headers_for = cors_headers_for(allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = self.headers_for(scope)
+
+        async def send_with_cors(message: ASGIMessage) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)

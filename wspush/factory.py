@@ -1,0 +1,75 @@
+"""The app factory: `create_app(settings)` builds one complete, independent wspush app."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route, WebSocketRoute
+
+from wspush.endpoints import AnyMethod, CORSHeaders, Endpoints
+from wspush.relay import Relay
+from wspush.settings import Settings, load_env_file
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """A Starlette app relaying Redis to WebSocket and SSE clients.
+
+    Without `settings`, they are read from the environment (see `settings_from_environment`).
+
+    Its lifespan owns the Redis subscriber. Mounted inside another app, enter
+    `app.state.relay.lifespan()` from the parent's lifespan (Starlette does not run
+    the lifespan of a mounted app).
+    """
+    if settings is None:
+        settings = settings_from_environment()
+    relay = Relay(settings)
+    endpoints = Endpoints(settings, relay.hub, relay.subscriber, relay.stats)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with relay.lifespan():
+            yield
+
+    app = Starlette(
+        routes=[
+            Route("/ping", AnyMethod(endpoints.ping)),
+            Route("/ready", AnyMethod(endpoints.ready)),
+            Route("/{path:path}", AnyMethod(endpoints.http)),
+            WebSocketRoute("/{path:path}", endpoints.websocket),
+        ],
+        middleware=[Middleware(CORSHeaders, allowed=settings.allowed_origins)],
+        lifespan=lifespan,
+    )
+    app.state.relay = relay
+    return app
+
+
+def configure_logging(level: str) -> None:
+    """Log wspush's lines to stderr unless the host application already routes them."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("wspush").setLevel(level.upper())
+    # uvicorn logs every WebSocket open and close at INFO: one line per connection is
+    # noise for a push relay, so its loggers stay at WARNING unless debugging.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(uvicorn_log_level(level).upper())
+
+
+def uvicorn_log_level(level: str) -> str:
+    return "debug" if level == "debug" else "warning"
+
+
+def settings_from_environment() -> Settings:
+    """Settings from `WSPUSH_*` variables and a `.env` file, with logging set up to match.
+
+    This is the path of `uvicorn wspush.app:app`, where nobody else configures wspush.
+    """
+    load_env_file()
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    return settings

@@ -1,0 +1,81 @@
+"""The running parts of one wspush app and their lifetime.
+
+`Relay.lifespan()` is what an ASGI lifespan (the app's own, or a parent app's) enters:
+it starts the Redis subscriber, the heartbeat timer and, when asked, the expvar
+listener, and on exit closes every client and the Redis connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from sse_starlette import EventSourceResponse
+
+from wspush.expvar import ExpvarServer
+from wspush.hub import Hub
+from wspush.settings import Settings
+from wspush.stats import Stats
+from wspush.subscriber import Subscriber
+
+logger = logging.getLogger("wspush")
+
+
+class Relay:
+    """Settings, counters, hub and subscriber of one app; no state is shared between apps."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = Stats()
+        self.hub = Hub(settings.max_per_token, settings.queue_size, self.stats)
+        self.subscriber = Subscriber(
+            settings.redis_url, settings.prefix_bytes, self.hub, self.stats
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        settings = self.settings
+        tasks = [
+            asyncio.create_task(self.subscriber.run(), name="wspush-redis"),
+            asyncio.create_task(
+                self.hub.run_heartbeats(settings.ping_interval, settings.ping.encode()),
+                name="wspush-heartbeats",
+            ),
+            asyncio.create_task(self._drain_when_server_exits(), name="wspush-exit-watch"),
+        ]
+        expvar = ExpvarServer(settings.expvar, self.stats) if settings.expvar else None
+        if expvar is not None:
+            await expvar.start()
+        logger.info("wspush started: %s", settings.describe())
+        try:
+            yield
+        finally:
+            self.hub.close_all()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if expvar is not None:
+                await expvar.stop()
+            logger.info("wspush stopped")
+
+    async def drain(self, within: float) -> None:
+        """Close every client (WebSocket 1001, SSE with a retry hint) and wait for them."""
+        if not self.hub.draining:
+            logger.info("draining %d connection(s)", len(self.hub))
+        self.hub.close_all()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self.hub.drained.wait()
+
+    async def _drain_when_server_exits(self) -> None:
+        """Under a bare `uvicorn` command, drain as soon as the server is told to exit.
+
+        sse-starlette already watches uvicorn's exit signal (process-wide) to end SSE
+        streams; waiting on the same watcher lets WebSocket clients get their 1001
+        too, unless uvicorn closes them first (it sends 1012). The `wspush` command
+        drains before uvicorn's own shutdown, so there 1001 always comes first.
+        """
+        await EventSourceResponse._listen_for_exit_signal()
+        await self.drain(self.settings.shutdown_timeout)

@@ -1,0 +1,335 @@
+"""One validated settings object, built from flags, environment and defaults.
+
+Every setting has one name used three ways: the field name (`max_per_token`), a long
+option (`--max-per-token`) and an environment variable (`WSPUSH_MAX_PER_TOKEN`). The six
+settings of the Go program also keep their single-dash Go flag (`-addr`) and Go's
+environment names (`WSPUSH_KEY`, `WSPUSH_PING`). Values are checked once, in
+`Settings.__post_init__`, so the rest of the code can trust them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dotenv import load_dotenv
+
+DEFAULT_REDIS = "localhost:6379"
+WS_FRAME_TYPES = ("binary", "text", "auto")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot work; the message names the setting."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"invalid {option_name(name)}: {message}")
+        self.setting = name
+
+
+def option_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return "WSPUSH_" + name.upper()
+
+
+def _setting(
+    default: Any,
+    help: str,
+    *,
+    go: bool = False,
+    env: tuple[str, ...] = (),
+    secret: bool = False,
+    choices: tuple[str, ...] = (),
+    metavar: str = "",
+) -> Any:
+    """Declare a setting: its default and how flags, env and docs present it."""
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "go": go,
+            "env": env,
+            "secret": secret,
+            "choices": choices,
+            "metavar": metavar,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything wspush can be told. Construct directly or with `Settings.from_env()`."""
+
+    addr: str = _setting(
+        "localhost:8080",
+        "address to listen on, host:port (':8080' means every interface); "
+        "when not set and PORT is, 0.0.0.0:$PORT",
+        go=True,
+        metavar="HOST:PORT",
+    )
+    redis: str | None = _setting(
+        None,
+        "Redis to subscribe to: host:port, or a redis://, rediss:// or unix:// URL "
+        f"(also read from REDIS_URL; default {DEFAULT_REDIS}, where `wspush` starts an "
+        "embedded redis-server if nothing answers)",
+        go=True,
+        env=("REDIS_URL",),
+        metavar="ADDR|URL",
+    )
+    prefix: str = _setting(
+        "example.",
+        "channel prefix: wspush runs PSUBSCRIBE <prefix>* and routes <prefix>TOKEN to ?token=TOKEN",
+        go=True,
+    )
+    hmac: str = _setting(
+        "",
+        "base64url (unpadded) key: when set, tokens must be payload+HMAC-MD5 signatures "
+        "(also read from WSPUSH_KEY)",
+        go=True,
+        env=("WSPUSH_KEY",),
+        secret=True,
+        metavar="KEY",
+    )
+    ping: str = _setting(
+        "",
+        "heartbeat payload; empty sends SSE 'ping:' lines and WebSocket protocol pings",
+        go=True,
+        metavar="PAYLOAD",
+    )
+    expvar: str = _setting(
+        "",
+        "separate address serving JSON counters at /debug/vars (off when empty)",
+        go=True,
+        metavar="HOST:PORT",
+    )
+    ping_interval: float = _setting(45.0, "seconds between heartbeats", metavar="SECONDS")
+    max_per_token: int = _setting(
+        15, "connections allowed per token in this process; more are refused (429)", metavar="N"
+    )
+    queue_size: int = _setting(
+        100,
+        "messages buffered per connection; a message for a full buffer is dropped and counted",
+        metavar="N",
+    )
+    ws_frame: str = _setting(
+        "binary",
+        "WebSocket frame type: binary, text, or auto (text when the message is valid UTF-8)",
+        choices=WS_FRAME_TYPES,
+    )
+    cors_origins: str = _setting(
+        "*",
+        "comma-separated origins sent in Access-Control-Allow-Origin ('*' for any)",
+        metavar="ORIGINS",
+    )
+    max_client_message: int = _setting(
+        4096,
+        "largest WebSocket message a client may send (it is read and discarded); "
+        "larger ones close the connection with 1009",
+        metavar="BYTES",
+    )
+    sse_retry: int = _setting(
+        2000,
+        "milliseconds an SSE client is told to wait before reconnecting after a shutdown "
+        "(plus up to the same again of random jitter)",
+        metavar="MS",
+    )
+    shutdown_timeout: float = _setting(
+        3.0,
+        "seconds to close connections on SIGTERM/SIGINT before they are cut",
+        metavar="SECONDS",
+    )
+    embedded_redis: bool = _setting(
+        True,
+        "let `wspush` start a redis-server on 127.0.0.1:6379 when no Redis is configured "
+        "and none answers there",
+    )
+    log_level: str = _setting("info", "log level", choices=LOG_LEVELS)
+
+    # Derived once, here, so nothing downstream parses strings again.
+    key: bytes | None = field(init=False, repr=False, compare=False)
+    host: str = field(init=False, repr=False, compare=False)
+    port: int = field(init=False, repr=False, compare=False)
+    redis_url: str = field(init=False, repr=False, compare=False)
+    allowed_origins: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        host, port = parse_address("addr", self.addr)
+        derived = {
+            "host": host,
+            "port": port,
+            "key": decode_key(self.hmac) if self.hmac else None,
+            "redis_url": redis_url("redis", self.redis or DEFAULT_REDIS),
+            "allowed_origins": parse_origins(self.cors_origins),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
+        if self.expvar:
+            parse_address("expvar", self.expvar)
+        _require(self.ping_interval > 0, "ping_interval", "must be greater than 0")
+        _require(self.max_per_token >= 1, "max_per_token", "must be at least 1")
+        _require(self.queue_size >= 1, "queue_size", "must be at least 1")
+        _require(self.max_client_message >= 125, "max_client_message", "must be at least 125")
+        _require(self.sse_retry >= 0, "sse_retry", "must be 0 or more")
+        _require(self.shutdown_timeout > 0, "shutdown_timeout", "must be greater than 0")
+        for setting in fields():
+            choices = setting.metadata["choices"]
+            value = getattr(self, setting.name)
+            _require(
+                not choices or value in choices,
+                setting.name,
+                f"{value!r} is not one of {', '.join(choices)}",
+            )
+
+    @property
+    def redis_configured(self) -> bool:
+        """True when the user named a Redis (so wspush must never embed one)."""
+        return self.redis is not None
+
+    @property
+    def prefix_bytes(self) -> bytes:
+        return self.prefix.encode()
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings from command-line values (`overrides`), then environment, then defaults.
+
+        All values arrive as strings and are converted by the field's type.
+        """
+        environ = os.environ if environ is None else environ
+        raw: dict[str, str] = {}
+        for setting in fields():
+            for variable in (env_name(setting.name), *setting.metadata["env"]):
+                if environ.get(variable):
+                    raw[setting.name] = environ[variable]
+                    break
+        raw.update(overrides or {})
+        if "addr" not in raw and environ.get("PORT"):
+            raw["addr"] = f"0.0.0.0:{environ['PORT']}"
+        return cls(**{name: convert(name, value) for name, value in raw.items()})
+
+    def describe(self) -> dict[str, object]:
+        """Effective settings for the start-up log, secrets redacted."""
+        shown: dict[str, object] = {}
+        for setting in fields():
+            value = getattr(self, setting.name)
+            if setting.metadata["secret"] and value:
+                value = "<redacted>"
+            shown[setting.name] = value
+        shown["redis"] = redact_url(self.redis_url)
+        return shown
+
+
+def load_env_file(path: str = ".env") -> None:
+    """Load a `.env` file from the working directory into os.environ (set variables win)."""
+    load_dotenv(os.path.join(os.getcwd(), path), override=False)
+
+
+def fields() -> tuple[dataclasses.Field[Any], ...]:
+    """The user-facing settings, in documentation order."""
+    return tuple(f for f in dataclasses.fields(Settings) if f.init)
+
+
+def _require(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise SettingsError(name, message)
+
+
+def convert(name: str, value: str) -> Any:
+    """Convert one string value to the type of setting `name`."""
+    kind = {f.name: f for f in fields()}[name].default
+    try:
+        if isinstance(kind, bool):
+            return parse_bool(value)
+        if isinstance(kind, int):
+            return int(value)
+        if isinstance(kind, float):
+            return float(value)
+    except ValueError:
+        raise SettingsError(name, f"{value!r} is not a {type(kind).__name__}") from None
+    return value
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def parse_address(name: str, value: str) -> tuple[str, int]:
+    """Split Go's `host:port` (host may be empty or a bracketed IPv6 address)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise SettingsError(name, f"{value!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise SettingsError(name, f"{value!r} has a bad IPv6 address") from None
+    return host or "0.0.0.0", int(port_text)
+
+
+def redis_url(name: str, value: str) -> str:
+    """Accept Go's `host:port` as well as redis://, rediss:// and unix:// URLs."""
+    if "://" in value:
+        scheme = value.split("://", 1)[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError(name, f"unsupported scheme {scheme!r} in {redact_url(value)!r}")
+        return value
+    host, port = parse_address(name, value)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"redis://{host}:{port}"
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a redis URL for logs."""
+    return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", url)
+
+
+def decode_key(value: str) -> bytes:
+    """Decode an HMAC key the way Go's base64.RawURLEncoding does (no padding)."""
+    key = decode_base64url(value.encode())
+    if key is None or not key:
+        raise SettingsError(
+            "hmac", "the key must be unpadded base64url (A-Z a-z 0-9 - _ only, no '=')"
+        )
+    return key
+
+
+def decode_base64url(data: bytes) -> bytes | None:
+    """Go's `base64.RawURLEncoding.DecodeString`: None where Go returns an error.
+
+    Go skips CR and LF, rejects '=' padding and characters outside the URL alphabet, and
+    rejects a length that leaves a single dangling character.
+    """
+    data = data.replace(b"\r", b"").replace(b"\n", b"")
+    if not _BASE64URL.fullmatch(data) or len(data) % 4 == 1:
+        return None
+    try:
+        return base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
+    except binascii.Error:
+        return None
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    origins = tuple(o.strip() for o in value.split(",") if o.strip())
+    if not origins:
+        raise SettingsError("cors_origins", "give '*' or at least one origin")
+    return origins

@@ -1,0 +1,144 @@
+"""The Redis side: one `PSUBSCRIBE <prefix>*` per app, kept alive forever.
+
+redis-py gives up after its own retries, so this loop owns reconnection: every failure
+tears the connection down, waits so attempts are at most one per `retry_interval`
+(as the Go program does), and subscribes again. Clients stay connected meanwhile and
+receive again as soon as the subscription is back. Channels and payloads stay bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from wspush.hub import Hub
+from wspush.settings import redact_url
+from wspush.stats import Stats
+
+logger = logging.getLogger("wspush.redis")
+
+CONNECT_TIMEOUT = 5.0
+# How long one read may wait before redis-py gets a chance to run its health check.
+READ_TIMEOUT = 1.0
+HEALTH_CHECK_INTERVAL = 15
+
+
+def pattern_for(prefix: bytes) -> bytes:
+    """`<prefix>*`, with glob characters of the prefix escaped so it matches literally."""
+    return re.sub(rb"([*?\[\]\\])", rb"\\\1", prefix) + b"*"
+
+
+class Subscriber:
+    """Reads pattern messages from Redis and hands them to the hub."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: bytes,
+        hub: Hub,
+        stats: Stats,
+        *,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.hub = hub
+        self.stats = stats
+        self.retry_interval = retry_interval
+        self.live = False
+        self._failing = False  # log once per state change, not once per retry
+
+    async def run(self) -> None:
+        """Subscribe, relay, and on any failure start again; returns only when cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._went_down(exc)
+            await asyncio.sleep(max(0.0, self.retry_interval - (loop.time() - started)))
+
+    async def _session(self) -> None:
+        client = aioredis.Redis.from_url(
+            self.url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_keepalive=True,
+            health_check_interval=HEALTH_CHECK_INTERVAL,
+            retry=Retry(NoBackoff(), 0),  # this loop owns retries
+            client_name="wspush",
+        )
+        pubsub = client.pubsub()
+        try:
+            await pubsub.psubscribe(pattern_for(self.prefix))
+            await self._await_confirmation(pubsub)
+            self._came_up()
+            await self._relay(pubsub)
+        finally:
+            self._mark_down()
+            await asyncio.shield(self._close(client, pubsub))
+
+    async def _await_confirmation(self, pubsub: Any) -> None:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            while True:
+                message = await pubsub.get_message(timeout=READ_TIMEOUT)
+                if message is not None and message["type"] == "psubscribe":
+                    return
+
+    async def _relay(self, pubsub: Any) -> None:
+        """The hot loop: one pmessage -> one hub.publish, nothing else."""
+        cut = len(self.prefix)
+        publish = self.hub.publish
+        stats = self.stats
+        while True:
+            message = await pubsub.get_message(timeout=READ_TIMEOUT)
+            if message is None or message["type"] != "pmessage":
+                continue
+            stats.messages_seen += 1
+            publish(message["channel"][cut:], message["data"])
+
+    def _came_up(self) -> None:
+        self.live = True
+        self.stats.redis_subscribed = 1
+        self.stats.redis_connects += 1
+        self._failing = False
+        logger.info(
+            "redis: subscribed to %r at %s",
+            pattern_for(self.prefix).decode(errors="replace"),
+            redact_url(self.url),
+        )
+
+    def _mark_down(self) -> None:
+        if self.live:
+            self.stats.redis_disconnects += 1
+        self.live = False
+        self.stats.redis_subscribed = 0
+
+    def _went_down(self, exc: Exception) -> None:
+        if self._failing:
+            logger.debug("redis: still unavailable: %s", exc)
+            return
+        self._failing = True
+        logger.error(
+            "redis: %s at %s: %s; clients stay connected, retrying every %.0fs",
+            type(exc).__name__,
+            redact_url(self.url),
+            exc or "connection lost",
+            self.retry_interval,
+        )
+
+    @staticmethod
+    async def _close(client: aioredis.Redis, pubsub: Any) -> None:
+        try:
+            await pubsub.aclose()
+            await client.aclose()
+        except Exception:  # the connection is already broken; nothing left to release
+            logger.debug("redis: error while closing", exc_info=True)
