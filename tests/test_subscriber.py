@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -87,3 +88,17 @@ def test_ready_says_why_it_is_not_ready(spawn: Callable[..., Wspush]) -> None:
     response = httpx.get(f"{server.url}/ready", timeout=5)
     assert response.status_code == 503
     assert "redis" in response.text
+
+
+async def test_a_unix_socket_redis_url_works(
+    spawn: Callable[..., Wspush], tmp_path: Path, token: str
+) -> None:
+    socket_path = tmp_path / "redis.sock"
+    redis = RedisServer(tmp_path / "unix", None, "--unixsocket", str(socket_path)).start()
+    try:
+        server = spawn("-redis", f"unix://{socket_path}")
+        async with websocket(server.ws_url(token)) as ws:
+            redis.publish(f"example.{token}", "over a unix socket")
+            assert await receive(ws) == b"over a unix socket"
+    finally:
+        redis.kill()

@@ -68,10 +68,11 @@ class Subscriber:
             await asyncio.sleep(max(0.0, self.retry_interval - (loop.time() - started)))
 
     async def _session(self) -> None:
+        tcp_options = {} if self.url.startswith("unix:") else {"socket_keepalive": True}
         client = aioredis.Redis.from_url(
             self.url,
             socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_keepalive=True,
+            **tcp_options,
             health_check_interval=HEALTH_CHECK_INTERVAL,
             retry=Retry(NoBackoff(), 0),  # this loop owns retries
             client_name="wspush",
