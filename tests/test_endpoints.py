@@ -398,3 +398,23 @@ async def test_expvar_serves_the_go_counters(
     assert after["messages_seen"] >= before["messages_seen"] + 1
     assert after["successful_deliveries"] >= before["successful_deliveries"] + 1
     assert after["redis_subscribed"] == 1
+
+
+async def test_a_burst_arrives_complete_and_in_order_on_both_transports(
+    spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
+) -> None:
+    """Direct writes, batched writes and the queued backlog must never reorder messages."""
+    server = spawn("-redis", redis_server.address, "--queue-size", "10000")
+    count = 3000
+    async with (
+        websocket(server.ws_url(token)) as ws,
+        SSEClient(f"{server.url}/sse?token={token}") as sse,
+    ):
+        with redis_server.client() as client, client.pipeline(transaction=False) as pipe:
+            for seq in range(count):
+                pipe.publish(f"example.{token}", f"{seq} " + "p" * (seq % 700))
+            pipe.execute()
+        received = [await receive(ws) for _ in range(count)]
+        await sse.wait_for(f"data:{count - 1} ".encode(), timeout=15)
+    assert [int(m.split(b" ")[0]) for m in received] == list(range(count))  # type: ignore[union-attr]
+    assert [int(e.split(" ")[0]) for e in sse.events()] == list(range(count))

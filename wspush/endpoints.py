@@ -23,7 +23,17 @@ from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from wspush.hub import Draining, Hub, Message, Subscription, TokenFull, Transport
+from wspush.hub import (
+    Draining,
+    Encoder,
+    Hub,
+    Message,
+    Subscription,
+    TokenFull,
+    Transport,
+    count_skip,
+)
+from wspush.protocols import DIRECT_WRITE, DirectWriter
 from wspush.settings import Settings
 from wspush.stats import Stats
 from wspush.subscriber import Subscriber
@@ -69,6 +79,7 @@ class Endpoints:
         self.subscriber = subscriber
         self.stats = stats
         self.frame = websocket_framer(settings.ws_frame)
+        self.encode_frame = frame_encoder(settings.ws_frame)
 
     # -- plain HTTP ---------------------------------------------------------------------
 
@@ -106,7 +117,7 @@ class Endpoints:
             self._count_refusal(refusal, request.scope)
             headers = {"Upgrade": "websocket"} if refusal.status == 426 else None
             return PlainTextResponse(refusal.reason + "\n", refusal.status, headers=headers)
-        return SSEResponse(self, subscription)
+        return SSEResponse(self, subscription, request.scope)
 
     # -- WebSocket ----------------------------------------------------------------------
 
@@ -121,6 +132,9 @@ class Endpoints:
             return
         try:
             await websocket.accept()
+            writer = direct_writer(websocket.scope)
+            if writer is not None:
+                subscription.write_directly(writer, self.encode_frame)
             reader = asyncio.create_task(self._discard_client_frames(websocket))
             try:
                 await self._pump_websocket(websocket, subscription, reader)
@@ -134,25 +148,37 @@ class Endpoints:
     async def _pump_websocket(
         self, websocket: WebSocket, subscription: Subscription, reader: asyncio.Task[None]
     ) -> None:
-        """Queue -> frames until the client leaves (reader done) or the hub closes us."""
+        """Drain the queue (the backlog the hub could not write at once) until the client
+        leaves (reader done) or the hub asks us to close."""
         queue = subscription.queue
-        send = websocket.send
-        frame = self.frame
-        stats = self.stats
+        writer = subscription.writer
         reader.add_done_callback(lambda _: subscription.close())
         while True:
             message = await queue.get()
             if message is None:
                 break
-            event = frame(message)
-            if event is None:
-                stats.skipped_invalid_utf8 += 1
-                continue
-            await send(event)
-            if not message.is_heartbeat:
-                stats.successful_deliveries += 1
+            subscription.busy = True
+            if writer is not None:
+                await writer.wait_writable()
+                if not writer.is_open():
+                    return
+                subscription.write(message)
+            else:
+                await self._send_frame(websocket, message)
+            if queue.empty():
+                subscription.busy = False
         if not reader.done() and websocket.application_state is WebSocketState.CONNECTED:
             await websocket.close(CLOSE_GOING_AWAY)
+
+    async def _send_frame(self, websocket: WebSocket, message: Message) -> None:
+        """The plain ASGI way, for servers without the direct-write extension."""
+        event = self.frame(message)
+        if event is None:
+            count_skip(self.stats, message)
+            return
+        await websocket.send(event)
+        if not message.is_heartbeat:
+            self.stats.successful_deliveries += 1
 
     async def _discard_client_frames(self, websocket: WebSocket) -> None:
         """Read what the client sends and drop it, so a close is noticed at once."""
@@ -217,9 +243,9 @@ class SSEResponse(EventSourceResponse):
     (A generator that never started would not run its `finally`.)
     """
 
-    def __init__(self, endpoints: Endpoints, subscription: Subscription) -> None:
+    def __init__(self, endpoints: Endpoints, subscription: Subscription, scope: Scope) -> None:
         super().__init__(
-            sse_stream(endpoints, subscription),
+            sse_stream(endpoints, subscription, direct_writer(scope)),
             ping=0,  # heartbeats come through the queue, from one timer for all
             sep="\n",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -237,32 +263,72 @@ class SSEResponse(EventSourceResponse):
             self.hub.unsubscribe(self.subscription)
 
 
-async def sse_stream(endpoints: Endpoints, subscription: Subscription) -> AsyncIterator[bytes]:
-    """Everything queued since the last write goes out as one body chunk."""
+async def sse_stream(
+    endpoints: Endpoints, subscription: Subscription, writer: DirectWriter | None
+) -> AsyncIterator[bytes]:
+    """The backlog path of an SSE stream: queued events go out as one body chunk.
+
+    It starts once the response headers are sent; from then on the hub may also write
+    events straight to the connection (when the server offers direct writes).
+    """
+    if writer is not None:
+        encode: Encoder = sse_chunk if writer.chunked else sse_event
+        subscription.write_directly(writer, encode)
     queue = subscription.queue
     stats = endpoints.stats
     while True:
         chunks: list[bytes] = []
         message = await queue.get()
+        subscription.busy = True
         while True:
             if message is None:
                 chunks.append(endpoints.sse_retry_hint())
                 yield b"".join(chunks)
                 return
             event = message.sse
-            if event is not None:
+            if event is None:
+                count_skip(stats, message)
+            else:
                 chunks.append(event)
                 if not message.is_heartbeat:
                     stats.successful_deliveries += 1
-            elif message.payload:
-                stats.skipped_invalid_utf8 += 1
-            else:
-                stats.skipped_empty += 1
             if queue.empty():
                 break
             message = queue.get_nowait()
         if chunks:
             yield b"".join(chunks)
+        if queue.empty():
+            subscription.busy = False
+
+
+def sse_event(message: Message) -> bytes | None:
+    return message.sse
+
+
+def sse_chunk(message: Message) -> bytes | None:
+    return message.sse_chunk
+
+
+def direct_writer(scope: Scope) -> DirectWriter | None:
+    """The server's direct writer for this connection, if it offers one."""
+    extension = (scope.get("extensions") or {}).get(DIRECT_WRITE)
+    return None if extension is None else extension["writer"]
+
+
+def frame_encoder(frame_type: str) -> Encoder:
+    """Pre-encoded WebSocket frames for direct writes, by frame type."""
+
+    def binary(message: Message) -> bytes:
+        return message.binary_frame
+
+    def text(message: Message) -> bytes | None:
+        return message.text_frame
+
+    def auto(message: Message) -> bytes:
+        return message.text_frame or message.binary_frame
+
+    encoders: dict[str, Encoder] = {"binary": binary, "text": text, "auto": auto}
+    return encoders[frame_type]
 
 
 def websocket_framer(frame_type: str) -> Frame:

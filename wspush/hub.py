@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 
+from wspush.protocols import DirectWriter
 from wspush.stats import Stats
 
 logger = logging.getLogger("wspush.hub")
@@ -27,11 +29,20 @@ class Transport(StrEnum):
 class Message:
     """One published payload, shared by every connection that receives it.
 
-    Its SSE and text forms are computed on first use and cached, so a message
-    fanned out to a thousand SSE clients is encoded once.
+    Its wire forms (SSE event, HTTP chunk, WebSocket frames) are computed on first use
+    and cached, so a message fanned out to a thousand clients is encoded once.
     """
 
-    __slots__ = ("_sse", "_text", "is_heartbeat", "payload", "token")
+    __slots__ = (
+        "_binary_frame",
+        "_chunk",
+        "_sse",
+        "_text",
+        "_text_frame",
+        "is_heartbeat",
+        "payload",
+        "token",
+    )
 
     def __init__(self, token: bytes, payload: bytes) -> None:
         self.token = token
@@ -39,6 +50,9 @@ class Message:
         self.is_heartbeat = False
         self._text: object = _UNSET
         self._sse: object = _UNSET
+        self._chunk: object = _UNSET
+        self._binary_frame: bytes | None = None
+        self._text_frame: object = _UNSET
 
     @classmethod
     def heartbeat(cls, payload: bytes) -> Message:
@@ -72,6 +86,45 @@ class Message:
             self._sse = encode_sse(self.payload) if self.payload and self.text is not None else None
         return self._sse  # type: ignore[return-value]
 
+    @property
+    def sse_chunk(self) -> bytes | None:
+        """The SSE event framed as one HTTP/1.1 chunk."""
+        if self._chunk is _UNSET:
+            event = self.sse
+            self._chunk = None if event is None else b"%x\r\n%s\r\n" % (len(event), event)
+        return self._chunk  # type: ignore[return-value]
+
+    @property
+    def binary_frame(self) -> bytes:
+        """The payload as one unmasked binary WebSocket frame (what a server sends)."""
+        if self._binary_frame is None:
+            self._binary_frame = websocket_frame(OPCODE_BINARY, self.payload)
+        return self._binary_frame
+
+    @property
+    def text_frame(self) -> bytes | None:
+        """The payload as one text WebSocket frame, or None when it is not UTF-8."""
+        if self._text_frame is _UNSET:
+            valid = self.text is not None
+            self._text_frame = websocket_frame(OPCODE_TEXT, self.payload) if valid else None
+        return self._text_frame  # type: ignore[return-value]
+
+
+OPCODE_TEXT = 0x1
+OPCODE_BINARY = 0x2
+
+
+def websocket_frame(opcode: int, payload: bytes) -> bytes:
+    """A final, unmasked frame (RFC 6455 section 5.2)."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x80 | opcode, length))
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, length)
+    return header + payload
+
 
 def encode_sse(payload: bytes) -> bytes:
     """Frame a message as the Go wspush does: one `data:` line per line, then a blank line.
@@ -99,20 +152,90 @@ class Draining(Exception):
     """The relay is shutting down and takes no new connections."""
 
 
-class Subscription:
-    """One connection's place in the hub: its token and its bounded queue.
+Encoder = Callable[[Message], "bytes | None"]
 
-    The queue holds `Message`s; `None` in it tells the endpoint to close.
+
+class Subscription:
+    """One connection's place in the hub: its token, its bounded queue, and, when the
+    server offers it, a direct writer.
+
+    A message is written directly when the connection can take it and nothing is
+    waiting before it; otherwise it waits in the queue, which the endpoint drains, and
+    a message for a full queue is dropped. `None` in the queue tells the endpoint to
+    close. Direct writes are batched: everything a connection gets while the Redis
+    reader works through one read goes out in one write (see `WriteBatch`).
     """
 
-    __slots__ = ("closing", "dropped", "queue", "token", "transport")
+    __slots__ = (
+        "batch",
+        "busy",
+        "closing",
+        "dropped",
+        "encode",
+        "pending",
+        "queue",
+        "stats",
+        "token",
+        "transport",
+        "writer",
+    )
 
-    def __init__(self, token: bytes, transport: Transport, queue_size: int) -> None:
+    def __init__(
+        self, token: bytes, transport: Transport, queue_size: int, stats: Stats, batch: WriteBatch
+    ) -> None:
         self.token = token
+        self.batch = batch
+        self.pending: list[bytes] | None = None
         self.transport = transport
+        self.stats = stats
         self.queue: asyncio.Queue[Message | None] = asyncio.Queue(queue_size)
         self.dropped = 0
         self.closing = False
+        self.writer: DirectWriter | None = None
+        self.encode: Encoder | None = None
+        self.busy = False  # the endpoint holds messages taken from the queue
+
+    def write_directly(self, writer: DirectWriter, encode: Encoder) -> None:
+        """From now on, messages may skip the queue and go straight to `writer`."""
+        self.encode = encode
+        self.writer = writer
+
+    def deliver(self, message: Message) -> None:
+        """Hand over one message without ever waiting (the hub's hot path)."""
+        writer = self.writer
+        if writer is not None and not self.busy and writer.ready() and self.queue.empty():
+            data = self.encode(message)  # type: ignore[misc]
+            if data is None:
+                count_skip(self.stats, message)
+                return
+            if self.pending is None:
+                self.pending = [data]
+                self.batch.add(self)
+            else:
+                self.pending.append(data)
+            if not message.is_heartbeat:
+                self.stats.successful_deliveries += 1
+        elif self.queue.full():
+            self.dropped += 1
+            self.stats.dropped_queue_full += 1
+        else:
+            self.queue.put_nowait(message)
+
+    def flush(self) -> None:
+        """Write what `deliver` collected, in one call."""
+        pending, self.pending = self.pending, None
+        if pending and self.writer is not None and self.writer.is_open():
+            self.writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def write(self, message: Message) -> None:
+        """Encode for this connection and write it now (the endpoint's backlog path)."""
+        data = self.encode(message)  # type: ignore[misc]
+        if data is None:
+            count_skip(self.stats, message)
+            return
+        self.writer.write(data)  # type: ignore[union-attr]
+        if not message.is_heartbeat:
+            self.stats.successful_deliveries += 1
 
     def close(self) -> None:
         """Ask the endpoint to close, making room in a full queue if needed."""
@@ -124,6 +247,37 @@ class Subscription:
         self.queue.put_nowait(None)
 
 
+class WriteBatch:
+    """Connections with direct writes pending, flushed once the current callback ends.
+
+    The Redis reader handles every message of one socket read without yielding, so a
+    flush scheduled with `call_soon` runs after the whole read: a connection that got
+    several messages from it makes one system call instead of several. When messages
+    trickle in one per read, this costs one callback and adds no waiting.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[Subscription] = []
+
+    def add(self, subscription: Subscription) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append(subscription)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for subscription in pending:
+            subscription.flush()
+
+
+def count_skip(stats: Stats, message: Message) -> None:
+    """A message this connection's format cannot carry: empty for SSE, or not UTF-8."""
+    if message.payload:
+        stats.skipped_invalid_utf8 += 1
+    else:
+        stats.skipped_empty += 1
+
+
 class Hub:
     """Token -> subscriptions, with the per-token connection limit."""
 
@@ -133,6 +287,7 @@ class Hub:
         self.stats = stats
         self.draining = False
         self.drained = asyncio.Event()  # set once draining and the last connection left
+        self.batch = WriteBatch()
         self._by_token: dict[bytes, list[Subscription]] = {}
 
     def __len__(self) -> int:
@@ -151,7 +306,7 @@ class Hub:
         subscriptions = self._by_token.setdefault(token, [])
         if len(subscriptions) >= self.max_per_token:
             raise TokenFull
-        subscription = Subscription(token, transport, self.queue_size)
+        subscription = Subscription(token, transport, self.queue_size, self.stats, self.batch)
         subscriptions.append(subscription)
         self.stats.connections_open += 1
         return subscription
@@ -175,19 +330,14 @@ class Hub:
             return
         message = Message(token, payload)
         for subscription in subscriptions:
-            queue = subscription.queue
-            if queue.full():
-                subscription.dropped += 1
-                self.stats.dropped_queue_full += 1
-            else:
-                queue.put_nowait(message)
+            subscription.deliver(message)
 
     def send_heartbeat(self, sse_beat: Message, ws_beat: Message | None) -> None:
-        """Queue a heartbeat on every idle-enough connection (a full queue needs none)."""
+        """A heartbeat for every connection whose queue has room (a busy one needs none)."""
         for subscription in self.subscriptions():
             beat = sse_beat if subscription.transport is Transport.SSE else ws_beat
             if beat is not None and not subscription.queue.full():
-                subscription.queue.put_nowait(beat)
+                subscription.deliver(beat)
                 self.stats.heartbeats_sent += 1
 
     async def run_heartbeats(self, interval: float, payload: bytes) -> None:

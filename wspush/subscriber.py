@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from typing import Any
 
@@ -24,9 +25,9 @@ from wspush.stats import Stats
 logger = logging.getLogger("wspush.redis")
 
 CONNECT_TIMEOUT = 5.0
-# How long one read may wait before redis-py gets a chance to run its health check.
+# How long a subscription may stay silent after a PING before it counts as dead.
+HEALTH_CHECK_INTERVAL = 15.0
 READ_TIMEOUT = 1.0
-HEALTH_CHECK_INTERVAL = 15
 
 
 def pattern_for(prefix: bytes) -> bytes:
@@ -52,6 +53,7 @@ class Subscriber:
         self.stats = stats
         self.retry_interval = retry_interval
         self.live = False
+        self.replies = 0  # replies read on the subscription, for the watchdog
         self._failing = False  # log once per state change, not once per retry
 
     async def run(self) -> None:
@@ -73,8 +75,8 @@ class Subscriber:
             self.url,
             socket_connect_timeout=CONNECT_TIMEOUT,
             **tcp_options,
-            health_check_interval=HEALTH_CHECK_INTERVAL,
             retry=Retry(NoBackoff(), 0),  # this loop owns retries
+            protocol=2,  # pmessages as plain replies (RESP3 would route them to a handler)
             client_name="wspush",
         )
         pubsub = client.pubsub()
@@ -95,16 +97,38 @@ class Subscriber:
                     return
 
     async def _relay(self, pubsub: Any) -> None:
-        """The hot loop: one pmessage -> one hub.publish, nothing else."""
+        """The hot loop: one pmessage -> one hub.publish, nothing else.
+
+        It reads the connection directly, with no timeout per read (redis-py's
+        get_message() builds a dict and arms a timer for every message); the watchdog
+        beside it notices a connection that has gone silent.
+        """
+        read = pubsub.connection.read_response
         cut = len(self.prefix)
         publish = self.hub.publish
         stats = self.stats
+        watchdog = asyncio.create_task(self._watch(pubsub), name="wspush-redis-watchdog")
+        try:
+            while True:
+                response = await read(timeout=math.inf)
+                self.replies += 1
+                if response[0] == b"pmessage":
+                    stats.messages_seen += 1
+                    publish(response[2][cut:], response[3])
+        finally:
+            watchdog.cancel()
+
+    async def _watch(self, pubsub: Any) -> None:
+        """PING the subscription every interval; no reply at all by the next one means
+        the connection is dead (half-open, or the server is stuck): drop it."""
         while True:
-            message = await pubsub.get_message(timeout=READ_TIMEOUT)
-            if message is None or message["type"] != "pmessage":
-                continue
-            stats.messages_seen += 1
-            publish(message["channel"][cut:], message["data"])
+            seen = self.replies
+            await pubsub.ping()
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL)
+            if self.replies == seen:
+                logger.warning("redis: no reply for %ss, reconnecting", HEALTH_CHECK_INTERVAL)
+                await pubsub.connection.disconnect(nowait=True)
+                return
 
     def _came_up(self) -> None:
         self.live = True
