@@ -130,45 +130,57 @@ class Endpoints:
             self._count_refusal(refusal, websocket.scope)
             await deny_websocket(websocket, refusal)
             return
+        drainer: asyncio.Task[None] | None = None
+
+        def drain() -> None:
+            """Make sure one task is sending what waits in the queue."""
+            nonlocal drainer
+            if drainer is None or drainer.done():
+                drainer = asyncio.create_task(self._send_queued(websocket, subscription, writer))
+
         try:
             await websocket.accept()
             writer = direct_writer(websocket.scope)
-            if writer is not None:
-                subscription.write_directly(writer, self.encode_frame)
-            reader = asyncio.create_task(self._discard_client_frames(websocket))
-            try:
-                await self._pump_websocket(websocket, subscription, reader)
-            finally:
-                reader.cancel()
+            if writer is None:
+                drain()  # plain ASGI: one task sends everything, for the connection's life
+            else:
+                subscription.write_directly(writer, self.encode_frame, on_backlog=drain)
+            await self._discard_client_frames(websocket)
         except (WebSocketDisconnect, OSError, RuntimeError):
-            pass  # the client went away mid-send; nothing to tell it
+            pass  # the client went away; nothing to tell it
         finally:
+            if drainer is not None:
+                drainer.cancel()
             self.hub.unsubscribe(subscription)
 
-    async def _pump_websocket(
-        self, websocket: WebSocket, subscription: Subscription, reader: asyncio.Task[None]
+    async def _send_queued(
+        self, websocket: WebSocket, subscription: Subscription, writer: DirectWriter | None
     ) -> None:
-        """Drain the queue (the backlog the hub could not write at once) until the client
-        leaves (reader done) or the hub asks us to close."""
+        """Send the queue: over plain ASGI for the connection's life; with direct writes
+        only the backlog (a slow client, or the close), then the task ends.
+
+        An idle WebSocket thus costs one task (the one reading client frames), not two.
+        """
         queue = subscription.queue
-        writer = subscription.writer
-        reader.add_done_callback(lambda _: subscription.close())
-        while True:
-            message = await queue.get()
-            if message is None:
-                break
-            subscription.busy = True
-            if writer is not None:
-                await writer.wait_writable()
-                if not writer.is_open():
+        try:
+            while writer is None or not queue.empty():
+                message = await queue.get()
+                subscription.busy = True
+                if message is None:
+                    if websocket.application_state is WebSocketState.CONNECTED:
+                        await websocket.close(CLOSE_GOING_AWAY)
                     return
-                subscription.write(message)
-            else:
-                await self._send_frame(websocket, message)
-            if queue.empty():
-                subscription.busy = False
-        if not reader.done() and websocket.application_state is WebSocketState.CONNECTED:
-            await websocket.close(CLOSE_GOING_AWAY)
+                if writer is None:
+                    await self._send_frame(websocket, message)
+                else:
+                    await writer.wait_writable()
+                    if not writer.is_open():
+                        return
+                    subscription.write(message)
+                if queue.empty():
+                    subscription.busy = False
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            return  # the client went away mid-send
 
     async def _send_frame(self, websocket: WebSocket, message: Message) -> None:
         """The plain ASGI way, for servers without the direct-write extension."""

@@ -172,6 +172,7 @@ class Subscription:
         "closing",
         "dropped",
         "encode",
+        "on_backlog",
         "pending",
         "queue",
         "stats",
@@ -194,11 +195,19 @@ class Subscription:
         self.writer: DirectWriter | None = None
         self.encode: Encoder | None = None
         self.busy = False  # the endpoint holds messages taken from the queue
+        self.on_backlog: Callable[[], None] | None = None
 
-    def write_directly(self, writer: DirectWriter, encode: Encoder) -> None:
-        """From now on, messages may skip the queue and go straight to `writer`."""
+    def write_directly(
+        self, writer: DirectWriter, encode: Encoder, on_backlog: Callable[[], None] | None = None
+    ) -> None:
+        """From now on, messages may skip the queue and go straight to `writer`.
+
+        `on_backlog` is called whenever something is queued (a backlog, or the close),
+        for endpoints that only run a sender while there is something to send.
+        """
         self.encode = encode
         self.writer = writer
+        self.on_backlog = on_backlog
 
     def deliver(self, message: Message) -> None:
         """Hand over one message without ever waiting (the hub's hot path)."""
@@ -220,6 +229,8 @@ class Subscription:
             self.stats.dropped_queue_full += 1
         else:
             self.queue.put_nowait(message)
+            if self.on_backlog is not None:
+                self.on_backlog()
 
     def flush(self) -> None:
         """Write what `deliver` collected, in one call."""
@@ -245,6 +256,8 @@ class Subscription:
         if self.queue.full():
             self.queue.get_nowait()
         self.queue.put_nowait(None)
+        if self.on_backlog is not None:
+            self.on_backlog()
 
 
 class WriteBatch:
