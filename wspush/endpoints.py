@@ -13,7 +13,6 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
@@ -388,45 +387,3 @@ class AnyMethod:
 
 def method_not_allowed() -> Response:
     return PlainTextResponse("method not allowed\n", 405, headers={"Allow": "GET"})
-
-
-def cors_headers_for(allowed: tuple[str, ...]) -> Callable[[Scope], list[tuple[bytes, bytes]]]:
-    """Access-Control-Allow-Origin for a request: '*', or the request's Origin if listed."""
-    if allowed == ("*",):
-        star = [(b"access-control-allow-origin", b"*")]
-        return lambda scope: star
-    listed = {origin.encode() for origin in allowed}
-    vary = (b"vary", b"Origin")
-
-    def headers(scope: Scope) -> list[tuple[bytes, bytes]]:
-        for name, value in scope["headers"]:
-            if name == b"origin" and value in listed:
-                return [(b"access-control-allow-origin", value), vary]
-        return [vary]
-
-    return headers
-
-
-class CORSHeaders:
-    """Put the CORS header on every HTTP response, as the Go program does.
-
-    Starlette's CORSMiddleware only answers requests that carry an Origin header;
-    wspush's contract is that every response has the header.
-    """
-
-    def __init__(self, app: Any, allowed: tuple[str, ...]) -> None:
-        self.app = app
-        self.headers_for = cors_headers_for(allowed)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        extra = self.headers_for(scope)
-
-        async def send_with_cors(message: ASGIMessage) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)

@@ -10,7 +10,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
-from wspush.endpoints import AnyMethod, CORSHeaders, Endpoints
+from wspush.cors import CORSHeaders
+from wspush.endpoints import AnyMethod, Endpoints
 from wspush.relay import Relay
 from wspush.settings import Settings, load_env_file
 

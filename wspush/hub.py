@@ -213,17 +213,14 @@ class Subscription:
         """Hand over one message without ever waiting (the hub's hot path)."""
         writer = self.writer
         if writer is not None and not self.busy and writer.ready() and self.queue.empty():
-            data = self.encode(message)  # type: ignore[misc]
+            data = self._encode(message)
             if data is None:
-                count_skip(self.stats, message)
                 return
             if self.pending is None:
                 self.pending = [data]
                 self.batch.add(self)
             else:
                 self.pending.append(data)
-            if not message.is_heartbeat:
-                self.stats.successful_deliveries += 1
         elif self.queue.full():
             self.dropped += 1
             self.stats.dropped_queue_full += 1
@@ -240,13 +237,18 @@ class Subscription:
 
     def write(self, message: Message) -> None:
         """Encode for this connection and write it now (the endpoint's backlog path)."""
+        data = self._encode(message)
+        if data is not None:
+            self.writer.write(data)  # type: ignore[union-attr]
+
+    def _encode(self, message: Message) -> bytes | None:
+        """This connection's bytes for `message`, counted as delivered or skipped."""
         data = self.encode(message)  # type: ignore[misc]
         if data is None:
             count_skip(self.stats, message)
-            return
-        self.writer.write(data)  # type: ignore[union-attr]
-        if not message.is_heartbeat:
+        elif not message.is_heartbeat:
             self.stats.successful_deliveries += 1
+        return data
 
     def close(self) -> None:
         """Ask the endpoint to close, making room in a full queue if needed."""

@@ -1,0 +1,65 @@
+"""bench/loadtest.py works against a real wspush: a short run of each mode, so the tool a
+user points at a deployment is known to measure correctly (its figures are checked
+for sense, not for speed: speed is measured by running the benchmark, not by tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RedisServer, Wspush
+
+LOADTEST = Path(__file__).parent.parent / "bench" / "loadtest.py"
+
+
+def loadtest(relay: Wspush, redis_server: RedisServer, *args: str) -> dict[str, object]:
+    assert relay.process is not None
+    result = subprocess.run(
+        [
+            sys.executable, str(LOADTEST), "--url", relay.url, "--redis", redis_server.url,
+            "--prefix", "example.", "--server-pid", str(relay.process.pid), "--json", *args,
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "mix"])
+def test_a_short_fixed_rate_run_delivers_everything(
+    relay: Wspush, redis_server: RedisServer, transport: str
+) -> None:
+    report = loadtest(
+        relay, redis_server, "--transport", transport, "--connections", "60", "--tokens", "20",
+        "--rate", "300", "--duration", "1",
+    )  # fmt: skip
+    assert report["opened"] == 60
+    assert report["failed"] == 0
+    assert report["published"] == 300
+    assert report["expected"] == report["received"] == 900
+    assert report["loss"] == 0
+    assert 0 < report["latency_ms_p50"] <= report["latency_ms_p99"]  # type: ignore[operator]
+
+
+def test_idle_mode_reports_memory_per_connection_and_checks_every_connection(
+    relay: Wspush, redis_server: RedisServer
+) -> None:
+    report = loadtest(relay, redis_server, "--transport", "mix", "--connections", "200",
+                      "--tokens", "200", "--idle", "1")  # fmt: skip
+    assert report["opened"] == 200
+    assert report["check_ok_connections"] == 200
+    assert isinstance(report["kb_per_conn"], float)
+    assert report["kb_per_conn"] > 0
+
+
+def test_it_refuses_to_load_a_remote_host(redis_server: RedisServer) -> None:
+    result = subprocess.run(
+        [sys.executable, str(LOADTEST), "--url", "http://192.0.2.1:8080", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "loopback" in result.stderr.lower()

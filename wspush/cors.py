@@ -1,0 +1,51 @@
+"""CORS: the Go program puts `Access-Control-Allow-Origin: *` on every response; wspush
+does the same, or echoes the request's Origin when an allow-list is set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import Message, Receive, Scope, Send
+
+
+def cors_headers_for(allowed: tuple[str, ...]) -> Callable[[Scope], list[tuple[bytes, bytes]]]:
+    """Access-Control-Allow-Origin for a request: '*', or the request's Origin if listed."""
+    if allowed == ("*",):
+        star = [(b"access-control-allow-origin", b"*")]
+        return lambda scope: star
+    listed = {origin.encode() for origin in allowed}
+    vary = (b"vary", b"Origin")
+
+    def headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+        for name, value in scope["headers"]:
+            if name == b"origin" and value in listed:
+                return [(b"access-control-allow-origin", value), vary]
+        return [vary]
+
+    return headers
+
+
+class CORSHeaders:
+    """Put the CORS header on every HTTP response, as the Go program does.
+
+    Starlette's CORSMiddleware only answers requests that carry an Origin header;
+    wspush's contract is that every response has the header.
+    """
+
+    def __init__(self, app: Any, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.headers_for = cors_headers_for(allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = self.headers_for(scope)
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
