@@ -124,9 +124,10 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
         ws="wspush.protocols:WebSocketsSansIODirectProtocol",
         ws_max_size=settings.max_client_message,
         ws_per_message_deflate=False,
-        # With no ping payload, heartbeats are protocol-level pings sent by uvicorn.
-        ws_ping_interval=None if settings.ping else settings.ping_interval,
-        ws_ping_timeout=None if settings.ping else settings.ping_interval,
+        # wspush's own timer sends every heartbeat, Ping frames included, one write each
+        # (uvicorn's keep-alive would cost two timers and a pong parse per connection).
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
         timeout_graceful_shutdown=UVICORN_GRACE,
     )
 

@@ -63,6 +63,17 @@ class Message:
             beat._sse = b"ping:\n\n"
         return beat
 
+    @classmethod
+    def ping_frame(cls) -> Message:
+        """The WebSocket heartbeat with no payload: an empty Ping control frame.
+
+        Only a direct writer can send it (ASGI has no event for a ping), and it costs
+        one write, where a server keep-alive ping costs two timers and a pong parse.
+        """
+        beat = cls.heartbeat(b"")
+        beat._binary_frame = beat._text_frame = websocket_frame(OPCODE_PING, b"")
+        return beat
+
     @property
     def text(self) -> str | None:
         """The payload as text, or None when it is not valid UTF-8."""
@@ -112,6 +123,7 @@ class Message:
 
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
+OPCODE_PING = 0x9
 
 
 def websocket_frame(opcode: int, payload: bytes) -> bytes:
@@ -347,22 +359,31 @@ class Hub:
         for subscription in subscriptions:
             subscription.deliver(message)
 
-    def send_heartbeat(self, sse_beat: Message, ws_beat: Message | None) -> None:
-        """A heartbeat for every connection whose queue has room (a busy one needs none)."""
+    def send_heartbeat(self, sse_beat: Message, ws_beat: Message) -> None:
+        """A heartbeat for every connection whose queue has room (a busy one needs none).
+
+        A WebSocket without a direct writer gets no ping frame: there, the server's own
+        keep-alive pings (uvicorn's --ws-ping-interval) do that job.
+        """
         for subscription in self.subscriptions():
-            beat = sse_beat if subscription.transport is Transport.SSE else ws_beat
-            if beat is not None and not subscription.queue.full():
+            if subscription.transport is Transport.SSE:
+                beat = sse_beat
+            elif ws_beat.payload or subscription.writer is not None:
+                beat = ws_beat
+            else:
+                continue
+            if not subscription.queue.full():
                 subscription.deliver(beat)
                 self.stats.heartbeats_sent += 1
 
     async def run_heartbeats(self, interval: float, payload: bytes) -> None:
-        """Every `interval` seconds, a heartbeat for all connections.
+        """Every `interval` seconds, a heartbeat for all connections, from one timer.
 
-        WebSocket connections get one only when there is a payload; otherwise the
-        server's protocol-level pings keep them alive (ASGI cannot send a ping).
+        With a payload it is a message on both transports; without, an SSE `ping:` line
+        and a WebSocket Ping frame.
         """
         sse_beat = Message.heartbeat(payload)
-        ws_beat = Message.heartbeat(payload) if payload else None
+        ws_beat = Message.heartbeat(payload) if payload else Message.ping_frame()
         while True:
             await asyncio.sleep(interval)
             self.send_heartbeat(sse_beat, ws_beat)
