@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Callable
 
 import httpx
@@ -11,6 +12,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.clients import RawWebSocket, SSEClient, receive, websocket
 from tests.conftest import RedisServer, Wspush, free_port
+from wspush import sign_token
 
 pytestmark = pytest.mark.anyio
 
@@ -158,6 +160,39 @@ async def test_with_a_key_only_signed_tokens_connect(
             pass
     assert refused.value.response.status_code == 400
     assert "signature" in server.log()
+
+
+async def test_rotated_keys_both_verify_and_sha256_is_an_option(
+    spawn: Callable[..., Wspush], redis_server: RedisServer
+) -> None:
+    new, old = b"new-secret", b"secret"
+    keys = ",".join(base64.urlsafe_b64encode(k).rstrip(b"=").decode() for k in (new, old))
+    server = spawn("-redis", redis_server.address, "-hmac", keys)
+    for key in (new, old):
+        token = sign_token(key, b"user42")
+        async with websocket(server.ws_url(token)) as ws:
+            redis_server.publish(f"example.{token}", "rotated")
+            assert await receive(ws) == b"rotated"
+    sha = spawn("-redis", redis_server.address, "-hmac", keys, "--hmac-digest", "sha256")
+    async with SSEClient(f"{sha.url}/sse?token={sign_token(new, b'u', 'sha256')}") as sse:
+        assert sse.status == 200
+    md5_token = sign_token(new, b"u")
+    assert httpx.get(f"{sha.url}/sse?token={md5_token}", timeout=5).status_code == 400
+
+
+async def test_ws_origins_keep_other_sites_from_opening_websockets(
+    spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
+) -> None:
+    server = spawn("-redis", redis_server.address, "--ws-origins", "https://app.example")
+    async with websocket(server.ws_url(token), origin="https://app.example") as ws:  # type: ignore[arg-type]
+        redis_server.publish(f"example.{token}", "same site")
+        assert await receive(ws) == b"same site"
+    for origin in ("https://evil.example", None):
+        with pytest.raises(InvalidStatus) as refused:
+            async with websocket(server.ws_url(token), origin=origin):  # type: ignore[arg-type]
+                pass
+        assert refused.value.response.status_code == 403
+    assert "origin not allowed" in server.log()
 
 
 # -- limits ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ def test_defaults_match_the_go_program() -> None:
     assert (settings.host, settings.port) == ("localhost", 8080)
     assert settings.redis_url == "redis://localhost:6379"
     assert settings.prefix == "example."
-    assert settings.key is None
+    assert settings.keys == ()
     assert settings.ping == ""
     assert settings.ping_interval == 45
     assert settings.max_per_token == 15
@@ -57,7 +57,7 @@ def test_go_environment_names_and_heroku_names_are_honoured() -> None:
     settings = Settings.from_env(
         {"WSPUSH_KEY": "c2VjcmV0", "WSPUSH_PING": "hb", "REDIS_URL": "redis://r:1", "PORT": "5000"}
     )
-    assert settings.key == b"secret"
+    assert settings.keys == (b"secret",)
     assert settings.ping == "hb"
     assert settings.redis_url == "redis://r:1"
     assert settings.redis_configured
@@ -101,6 +101,18 @@ def test_bad_values_are_refused_naming_the_setting(overrides: dict[str, str], na
     with pytest.raises(SettingsError) as refused:
         Settings.from_env({}, overrides)
     assert str(refused.value).startswith(f"invalid {named}:")
+
+
+def test_several_comma_separated_keys_are_all_decoded() -> None:
+    assert Settings(hmac="c2VjcmV0, b2xk").keys == (b"secret", b"old")
+    with pytest.raises(SettingsError, match="--hmac"):
+        Settings(hmac="c2VjcmV0,not*valid")
+
+
+def test_ws_origins_are_an_allow_list() -> None:
+    settings = Settings(ws_origins="https://a.example, https://b.example")
+    assert settings.allowed_ws_origins == {b"https://a.example", b"https://b.example"}
+    assert Settings().allowed_ws_origins == frozenset()
 
 
 def test_describe_redacts_secrets() -> None:

@@ -123,6 +123,7 @@ class Endpoints:
     async def websocket(self, websocket: WebSocket) -> None:
         self.stats.sessions_seen += 1
         try:
+            self._check_origin(websocket.scope)
             token = self._authorize(websocket.scope)
             subscription = self._subscribe(token, Transport.WEBSOCKET)
         except Refusal as refusal:
@@ -209,9 +210,22 @@ class Endpoints:
 
     # -- shared -------------------------------------------------------------------------
 
+    def _check_origin(self, scope: Scope) -> None:
+        """With --ws-origins, only pages from those origins may open a WebSocket.
+
+        Browsers do not apply CORS to WebSockets, so without this any site could open
+        one with the user's cookies (cross-site WebSocket hijacking).
+        """
+        allowed = self.settings.allowed_ws_origins
+        if not allowed:
+            return
+        origin = next((value for name, value in scope["headers"] if name == b"origin"), None)
+        if origin not in allowed:
+            raise Refusal(403, CLOSE_POLICY_VIOLATION, "origin not allowed", "refused_origin")
+
     def _authorize(self, scope: Scope) -> bytes:
         try:
-            return authorize(scope["query_string"], self.settings.key)
+            return authorize(scope["query_string"], self.settings.keys, self.settings.hmac_digest)
         except TokenError as exc:
             raise Refusal(400, CLOSE_POLICY_VIOLATION, str(exc), "refused_bad_token") from None
 

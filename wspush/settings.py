@@ -23,6 +23,7 @@ from dotenv import load_dotenv
 
 DEFAULT_REDIS = "localhost:6379"
 WS_FRAME_TYPES = ("binary", "text", "auto")
+HMAC_DIGESTS = ("md5", "sha256")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
 
@@ -94,8 +95,9 @@ class Settings:
     )
     hmac: str = _setting(
         "",
-        "base64url (unpadded) key: when set, tokens must be payload+HMAC-MD5 signatures "
-        "(also read from WSPUSH_KEY)",
+        "base64url (unpadded) key: when set, tokens must be payload+HMAC signatures "
+        "(also read from WSPUSH_KEY); several keys separated by commas all verify, "
+        "for rotation",
         go=True,
         env=("WSPUSH_KEY",),
         secret=True,
@@ -112,6 +114,11 @@ class Settings:
         "separate address serving JSON counters at /debug/vars (off when empty)",
         go=True,
         metavar="HOST:PORT",
+    )
+    hmac_digest: str = _setting(
+        "md5",
+        "HMAC of signed tokens: md5 (the Go program's) or sha256",
+        choices=HMAC_DIGESTS,
     )
     ping_interval: float = _setting(45.0, "seconds between heartbeats", metavar="SECONDS")
     max_per_token: int = _setting(
@@ -130,6 +137,11 @@ class Settings:
     cors_origins: str = _setting(
         "*",
         "comma-separated origins sent in Access-Control-Allow-Origin ('*' for any)",
+        metavar="ORIGINS",
+    )
+    ws_origins: str = _setting(
+        "",
+        "comma-separated origins allowed to open a WebSocket (empty: any); others get 403",
         metavar="ORIGINS",
     )
     max_client_message: int = _setting(
@@ -157,20 +169,24 @@ class Settings:
     log_level: str = _setting("info", "log level", choices=LOG_LEVELS)
 
     # Derived once, here, so nothing downstream parses strings again.
-    key: bytes | None = field(init=False, repr=False, compare=False)
+    keys: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
     host: str = field(init=False, repr=False, compare=False)
     port: int = field(init=False, repr=False, compare=False)
     redis_url: str = field(init=False, repr=False, compare=False)
     allowed_origins: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    allowed_ws_origins: frozenset[bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         host, port = parse_address("addr", self.addr)
         derived = {
             "host": host,
             "port": port,
-            "key": decode_key(self.hmac) if self.hmac else None,
+            "keys": tuple(decode_key(k.strip()) for k in self.hmac.split(",")) if self.hmac else (),
             "redis_url": redis_url("redis", self.redis or DEFAULT_REDIS),
             "allowed_origins": parse_origins(self.cors_origins),
+            "allowed_ws_origins": frozenset(
+                o.strip().encode() for o in self.ws_origins.split(",") if o.strip()
+            ),
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)

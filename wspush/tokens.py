@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import hmac
 import re
+from collections.abc import Sequence
 from urllib.parse import unquote_to_bytes
 
 from wspush.settings import decode_base64url
 
 MAX_TOKEN_BYTES = 64
-SIGNATURE_SIZE = 16  # an MD5 digest
+DIGEST_SIZES = {"md5": 16, "sha256": 32}
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
@@ -49,30 +50,43 @@ def query_unescape(text: bytes) -> bytes | None:
     return unquote_to_bytes(text.replace(b"+", b" "))
 
 
-def authorize(query_string: bytes, key: bytes | None) -> bytes:
-    """The routing token of a request, or TokenError with the reason it is refused."""
+def authorize(query_string: bytes, keys: Sequence[bytes] = (), digest: str = "md5") -> bytes:
+    """The routing token of a request, or TokenError with the reason it is refused.
+
+    With keys, the token must be signed with one of them (see `verify`).
+    """
     token = token_from_query(query_string)
     if not token:
         raise TokenError("missing token")
     if len(token) > MAX_TOKEN_BYTES:
         raise TokenError(f"token longer than {MAX_TOKEN_BYTES} bytes")
-    if key is not None and not verify(token, key):
+    if keys and not verify(token, keys, digest):
         raise TokenError("token signature does not verify")
     return token
 
 
-def verify(token: bytes, key: bytes) -> bool:
-    """Go wspush's check: base64url(payload + HMAC-MD5(key, payload)), payload not empty."""
+def verify(token: bytes, keys: Sequence[bytes] | bytes, digest: str = "md5") -> bool:
+    """Go wspush's check: base64url(payload + HMAC(key, payload)), payload not empty.
+
+    Several keys allow rotation: a token signed with any of them verifies. Each
+    comparison is constant-time; every key is tried, whichever matches.
+    """
+    size = DIGEST_SIZES[digest]
     raw = decode_base64url(token)
-    if raw is None or len(raw) <= SIGNATURE_SIZE:
+    if raw is None or len(raw) <= size:
         return False
-    payload, signature = raw[:-SIGNATURE_SIZE], raw[-SIGNATURE_SIZE:]
-    return hmac.compare_digest(signature, hmac.new(key, payload, "md5").digest())
+    payload, signature = raw[:-size], raw[-size:]
+    candidates = (keys,) if isinstance(keys, bytes) else keys
+    matches = [
+        hmac.compare_digest(signature, hmac.new(key, payload, digest).digest())
+        for key in candidates
+    ]
+    return any(matches)
 
 
-def sign(key: bytes, payload: bytes) -> str:
+def sign(key: bytes, payload: bytes, digest: str = "md5") -> str:
     """A token that `verify` accepts for `payload` (what a backend hands to a client)."""
     if not payload:
         raise ValueError("the payload of a signed token must not be empty")
-    signature = hmac.new(key, payload, "md5").digest()
+    signature = hmac.new(key, payload, digest).digest()
     return base64.urlsafe_b64encode(payload + signature).rstrip(b"=").decode()
