@@ -23,7 +23,10 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
     text = (ROOT / ".env.example").read_text()
     for setting in fields():
         default = setting.default
-        shown = {None: "", True: "true", False: "false"}.get(default, str(default))
+        if isinstance(default, bool):
+            shown = str(default).lower()
+        else:
+            shown = "" if default is None else str(default)
         assert f"# {env_name(setting.name)}={shown}\n" in text, setting.name
 
 

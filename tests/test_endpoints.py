@@ -235,6 +235,52 @@ async def test_the_16th_connection_on_a_token_is_refused_with_429(
         assert await receive(ws) == b"again"
 
 
+async def test_past_max_connections_new_clients_get_503_with_retry_after(
+    spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
+) -> None:
+    server = spawn("-redis", redis_server.address, "--max-connections", "2")
+    async with websocket(server.ws_url(token)), SSEClient(f"{server.url}/sse?token={token}"):
+        refused = httpx.get(f"{server.url}/sse?token={token}2", timeout=5)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "5"
+        with pytest.raises(InvalidStatus) as refused_ws:
+            async with websocket(server.ws_url(token + "3")):
+                pass
+        assert refused_ws.value.response.status_code == 503
+    await asyncio.sleep(0.3)
+    async with websocket(server.ws_url(token)) as ws:  # places are given back
+        redis_server.publish(f"example.{token}", "room again")
+        assert await receive(ws) == b"room again"
+
+
+# Documentation addresses (RFC 5737): they only ever appear inside a header here.
+CLIENT_A, CLIENT_B = "203.0.113.7", "198.51.100.9"
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_max_per_ip_counts_the_forwarded_address_only_from_trusted_proxies(
+    spawn: Callable[..., Wspush], redis_server: RedisServer, token: str, trusted: bool
+) -> None:
+    proxies = "127.0.0.1" if trusted else ""
+    server = spawn(
+        "-redis", redis_server.address, "--max-per-ip", "2", "--trusted-proxies", proxies
+    )
+    via = {"X-Forwarded-For": CLIENT_A}
+    async with (
+        websocket(server.ws_url(token), additional_headers=via),
+        SSEClient(f"{server.url}/sse?token={token}", via),
+    ):
+        third_from_a = httpx.get(f"{server.url}/sse?token={token}", headers=via, timeout=5)
+        assert third_from_a.status_code == 429
+        other = {"X-Forwarded-For": CLIENT_B}
+        if trusted:  # a different client behind the same proxy still gets in
+            async with SSEClient(f"{server.url}/sse?token={token}", other) as from_b:
+                assert from_b.status == 200
+        else:  # untrusted headers are ignored: everyone is 127.0.0.1
+            from_b = httpx.get(f"{server.url}/sse?token={token}", headers=other, timeout=5)
+            assert from_b.status_code == 429
+
+
 async def test_a_client_that_does_not_read_loses_messages_not_the_others(
     spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
 ) -> None:

@@ -117,6 +117,9 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
         log_config=None,  # wspush configures logging
         log_level=uvicorn_log_level(settings.log_level),
         access_log=False,
+        # Client addresses (for --max-per-ip and logs) from these proxies' headers only.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
         server_header=False,
         loop="uvloop",
         # uvicorn's httptools and websockets-sansio protocols, plus direct writes.

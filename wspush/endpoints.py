@@ -23,10 +23,12 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from wspush.hub import (
+    AtCapacity,
     Draining,
     Encoder,
     Hub,
     Message,
+    PeerFull,
     Subscription,
     TokenFull,
     Transport,
@@ -45,6 +47,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
+RETRY_AFTER_SECONDS = 5
 
 Frame = Callable[[Message], "ASGIMessage | None"]
 
@@ -111,11 +114,10 @@ class Endpoints:
                     "this path serves WebSocket; use /sse for Server-Sent Events",
                     "refused_not_websocket",
                 )
-            subscription = self._subscribe(token, Transport.SSE)
+            subscription = self._subscribe(token, Transport.SSE, request.scope)
         except Refusal as refusal:
             self._count_refusal(refusal, request.scope)
-            headers = {"Upgrade": "websocket"} if refusal.status == 426 else None
-            return PlainTextResponse(refusal.reason + "\n", refusal.status, headers=headers)
+            return refusal_response(refusal)
         return SSEResponse(self, subscription, request.scope)
 
     # -- WebSocket ----------------------------------------------------------------------
@@ -125,7 +127,7 @@ class Endpoints:
         try:
             self._check_origin(websocket.scope)
             token = self._authorize(websocket.scope)
-            subscription = self._subscribe(token, Transport.WEBSOCKET)
+            subscription = self._subscribe(token, Transport.WEBSOCKET, websocket.scope)
         except Refusal as refusal:
             self._count_refusal(refusal, websocket.scope)
             await deny_websocket(websocket, refusal)
@@ -229,15 +231,27 @@ class Endpoints:
         except TokenError as exc:
             raise Refusal(400, CLOSE_POLICY_VIOLATION, str(exc), "refused_bad_token") from None
 
-    def _subscribe(self, token: bytes, transport: Transport) -> Subscription:
+    def _subscribe(self, token: bytes, transport: Transport, scope: Scope) -> Subscription:
+        client = scope.get("client")
         try:
-            return self.hub.subscribe(token, transport)
+            return self.hub.subscribe(token, transport, client[0] if client else "")
         except TokenFull:
             raise Refusal(
                 429,
                 CLOSE_TRY_AGAIN_LATER,
                 f"token already has {self.settings.max_per_token} connections",
                 "refused_token_limit",
+            ) from None
+        except AtCapacity:
+            raise Refusal(
+                503, CLOSE_TRY_AGAIN_LATER, "server is at its connection limit", "refused_capacity"
+            ) from None
+        except PeerFull:
+            raise Refusal(
+                429,
+                CLOSE_TRY_AGAIN_LATER,
+                f"this address already has {self.settings.max_per_ip} connections",
+                "refused_ip_limit",
             ) from None
         except Draining:
             raise Refusal(
@@ -376,11 +390,19 @@ def websocket_framer(frame_type: str) -> Frame:
     return framers[frame_type]
 
 
+def refusal_response(refusal: Refusal) -> Response:
+    """The HTTP answer to a refusal, with the header that tells the client what next."""
+    headers = {
+        426: {"Upgrade": "websocket"},
+        503: {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    }.get(refusal.status)
+    return PlainTextResponse(refusal.reason + "\n", refusal.status, headers=headers)
+
+
 async def deny_websocket(websocket: WebSocket, refusal: Refusal) -> None:
     """An HTTP status before the upgrade where the server can, else a close code."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        response = PlainTextResponse(refusal.reason + "\n", refusal.status)
-        await websocket.send_denial_response(response)
+        await websocket.send_denial_response(refusal_response(refusal))
     else:
         await websocket.close(refusal.close_code, refusal.reason)
 

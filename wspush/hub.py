@@ -160,6 +160,14 @@ class TokenFull(Exception):
     """The token already has the maximum number of connections."""
 
 
+class AtCapacity(Exception):
+    """The process has its maximum number of connections."""
+
+
+class PeerFull(Exception):
+    """The client address already has its maximum number of connections."""
+
+
 class Draining(Exception):
     """The relay is shutting down and takes no new connections."""
 
@@ -185,6 +193,7 @@ class Subscription:
         "dropped",
         "encode",
         "on_backlog",
+        "peer",
         "pending",
         "queue",
         "stats",
@@ -208,6 +217,7 @@ class Subscription:
         self.encode: Encoder | None = None
         self.busy = False  # the endpoint holds messages taken from the queue
         self.on_backlog: Callable[[], None] | None = None
+        self.peer = ""  # the client's address, for the per-address limit
 
     def write_directly(
         self, writer: DirectWriter, encode: Encoder, on_backlog: Callable[[], None] | None = None
@@ -306,10 +316,22 @@ def count_skip(stats: Stats, message: Message) -> None:
 
 
 class Hub:
-    """Token -> subscriptions, with the per-token connection limit."""
+    """Token -> subscriptions, with the connection limits: per token, per client
+    address, and for the whole process."""
 
-    def __init__(self, max_per_token: int, queue_size: int, stats: Stats) -> None:
+    def __init__(
+        self,
+        max_per_token: int,
+        queue_size: int,
+        stats: Stats,
+        *,
+        max_connections: int = 0,
+        max_per_ip: int = 0,
+    ) -> None:
         self.max_per_token = max_per_token
+        self.max_connections = max_connections  # 0: no limit
+        self.max_per_ip = max_per_ip  # 0: no limit
+        self._by_peer: dict[str, int] = {}
         self.queue_size = queue_size
         self.stats = stats
         self.draining = False
@@ -327,14 +349,21 @@ class Hub:
         for subscriptions in list(self._by_token.values()):
             yield from subscriptions
 
-    def subscribe(self, token: bytes, transport: Transport) -> Subscription:
+    def subscribe(self, token: bytes, transport: Transport, peer: str = "") -> Subscription:
+        """A place for one connection, or the limit it hits (checked widest first)."""
         if self.draining:
             raise Draining
+        if self.max_connections and self.stats.connections_open >= self.max_connections:
+            raise AtCapacity
+        if self.max_per_ip and self._by_peer.get(peer, 0) >= self.max_per_ip:
+            raise PeerFull
         subscriptions = self._by_token.setdefault(token, [])
         if len(subscriptions) >= self.max_per_token:
             raise TokenFull
         subscription = Subscription(token, transport, self.queue_size, self.stats, self.batch)
+        subscription.peer = peer
         subscriptions.append(subscription)
+        self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
         self.stats.connections_open += 1
         return subscription
 
@@ -345,6 +374,9 @@ class Hub:
             return
         subscriptions.remove(subscription)
         self.stats.connections_open -= 1
+        remaining = self._by_peer.pop(subscription.peer) - 1
+        if remaining:
+            self._by_peer[subscription.peer] = remaining
         if not subscriptions:
             del self._by_token[subscription.token]
             if self.draining and not self._by_token:

@@ -29,7 +29,13 @@ class Relay:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = Stats()
-        self.hub = Hub(settings.max_per_token, settings.queue_size, self.stats)
+        self.hub = Hub(
+            settings.max_per_token,
+            settings.queue_size,
+            self.stats,
+            max_connections=settings.max_connections,
+            max_per_ip=settings.max_per_ip,
+        )
         self.subscriber = Subscriber(
             settings.redis_url, settings.prefix_bytes, self.hub, self.stats
         )

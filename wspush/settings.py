@@ -124,6 +124,23 @@ class Settings:
     max_per_token: int = _setting(
         15, "connections allowed per token in this process; more are refused (429)", metavar="N"
     )
+    max_connections: int = _setting(
+        0,
+        "connections this process accepts in all (0: no limit); more get 503 with Retry-After",
+        metavar="N",
+    )
+    max_per_ip: int = _setting(
+        0,
+        "connections per client address (0: no limit); more get 429. Behind a proxy, set "
+        "--trusted-proxies so the address comes from its X-Forwarded-For",
+        metavar="N",
+    )
+    trusted_proxies: str = _setting(
+        "127.0.0.1",
+        "comma-separated proxy addresses whose X-Forwarded-For/-Proto headers are believed "
+        "('*' for any, empty for none)",
+        metavar="ADDRS",
+    )
     queue_size: int = _setting(
         100,
         "messages buffered per connection; a message for a full buffer is dropped and counted",
@@ -195,6 +212,8 @@ class Settings:
         _require(self.ping_interval > 0, "ping_interval", "must be greater than 0")
         _require(self.max_per_token >= 1, "max_per_token", "must be at least 1")
         _require(self.queue_size >= 1, "queue_size", "must be at least 1")
+        _require(self.max_connections >= 0, "max_connections", "must be 0 or more")
+        _require(self.max_per_ip >= 0, "max_per_ip", "must be 0 or more")
         _require(self.max_client_message >= 125, "max_client_message", "must be at least 125")
         _require(self.sse_retry >= 0, "sse_retry", "must be 0 or more")
         _require(self.shutdown_timeout > 0, "shutdown_timeout", "must be greater than 0")

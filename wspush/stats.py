@@ -19,6 +19,8 @@ class Stats:
     refused_token_limit: int = 0
     refused_draining: int = 0
     refused_origin: int = 0
+    refused_capacity: int = 0
+    refused_ip_limit: int = 0
     refused_not_websocket: int = 0
     dropped_queue_full: int = 0  # deliveries dropped because a client's buffer was full
     skipped_invalid_utf8: int = 0  # deliveries skipped: SSE/text needs UTF-8
