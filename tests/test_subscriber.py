@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -102,3 +103,43 @@ async def test_a_unix_socket_redis_url_works(
             assert await receive(ws) == b"over a unix socket"
     finally:
         redis.kill()
+
+
+async def test_client_kill_of_the_subscription_is_survived(
+    spawn: Callable[..., Wspush], fresh_redis: RedisServer, token: str
+) -> None:
+    server = spawn("-redis", fresh_redis.address)
+    async with websocket(server.ws_url(token)) as ws:
+        with fresh_redis.client() as client:
+            assert client.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 1
+        took = await publish_until_received(fresh_redis, f"example.{token}", ws.recv, timeout=5)
+        assert took < 2
+    assert "redis: ConnectionError" in server.log()
+
+
+async def test_a_paused_redis_is_detected_and_replaced_once_it_answers(
+    spawn: Callable[..., Wspush], fresh_redis: RedisServer, token: str
+) -> None:
+    """SIGSTOP keeps the TCP connection open but silent, like a half-open NAT entry."""
+    server = spawn("-redis", fresh_redis.address, "--redis-health-interval", "0.5")
+    assert fresh_redis.process is not None
+    async with websocket(server.ws_url(token)) as ws:
+        fresh_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: server.status("/ready") == 503, 5, "/ready to see the stall")
+        finally:
+            fresh_redis.process.send_signal(signal.SIGCONT)
+        took = await publish_until_received(fresh_redis, f"example.{token}", ws.recv, timeout=10)
+        assert took < 8
+    assert "within 0.5s, reconnecting" in server.log()
+
+
+def test_the_probe_channel_can_never_be_a_client_token() -> None:
+    from wspush.hub import Hub
+    from wspush.stats import Stats
+    from wspush.subscriber import Subscriber
+    from wspush.tokens import MAX_TOKEN_BYTES
+
+    subscriber = Subscriber("redis://x:1", b"example.", Hub(15, 10, Stats()), Stats())
+    assert subscriber.probe_channel.startswith(b"example.")
+    assert len(subscriber.probe_channel) - len(b"example.") > MAX_TOKEN_BYTES

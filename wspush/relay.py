@@ -37,7 +37,11 @@ class Relay:
             max_per_ip=settings.max_per_ip,
         )
         self.subscriber = Subscriber(
-            settings.redis_url, settings.prefix_bytes, self.hub, self.stats
+            settings.redis_url,
+            settings.prefix_bytes,
+            self.hub,
+            self.stats,
+            health_interval=settings.redis_health_interval,
         )
 
     @contextlib.asynccontextmanager

@@ -178,6 +178,12 @@ class Settings:
         "seconds to close connections on SIGTERM/SIGINT before they are cut",
         metavar="SECONDS",
     )
+    redis_health_interval: float = _setting(
+        15.0,
+        "seconds between health checks of the subscription (a PING and a probe message "
+        "to wspush's own channel); one unanswered means it is replaced",
+        metavar="SECONDS",
+    )
     embedded_redis: bool = _setting(
         True,
         "let `wspush` start a redis-server on 127.0.0.1:6379 when no Redis is configured "
@@ -210,6 +216,7 @@ class Settings:
         if self.expvar:
             parse_address("expvar", self.expvar)
         _require(self.ping_interval > 0, "ping_interval", "must be greater than 0")
+        _require(self.redis_health_interval > 0, "redis_health_interval", "must be greater than 0")
         _require(self.max_per_token >= 1, "max_per_token", "must be at least 1")
         _require(self.queue_size >= 1, "queue_size", "must be at least 1")
         _require(self.max_connections >= 0, "max_connections", "must be 0 or more")

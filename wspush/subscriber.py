@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import re
+import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -25,8 +26,6 @@ from wspush.stats import Stats
 logger = logging.getLogger("wspush.redis")
 
 CONNECT_TIMEOUT = 5.0
-# How long a subscription may stay silent after a PING before it counts as dead.
-HEALTH_CHECK_INTERVAL = 15.0
 READ_TIMEOUT = 1.0
 
 
@@ -46,8 +45,14 @@ class Subscriber:
         stats: Stats,
         *,
         retry_interval: float = 1.0,
+        health_interval: float = 15.0,
     ) -> None:
         self.url = url
+        self.health_interval = health_interval
+        # A channel under the prefix whose token is too long for any client: the
+        # watchdog publishes here and expects to read it back on the subscription.
+        self.probe_channel = prefix + b"wspush-probe-" + uuid.uuid4().hex.encode() * 2
+        self.probe_seen = False
         self.prefix = prefix
         self.hub = hub
         self.stats = stats
@@ -84,7 +89,7 @@ class Subscriber:
             await pubsub.psubscribe(pattern_for(self.prefix))
             await self._await_confirmation(pubsub)
             self._came_up()
-            await self._relay(pubsub)
+            await self._relay(pubsub, client)
         finally:
             self._mark_down()
             await asyncio.shield(self._close(client, pubsub))
@@ -96,7 +101,7 @@ class Subscriber:
                 if message is not None and message["type"] == "psubscribe":
                     return
 
-    async def _relay(self, pubsub: Any) -> None:
+    async def _relay(self, pubsub: Any, client: aioredis.Redis) -> None:
         """The hot loop: one pmessage -> one hub.publish, nothing else.
 
         It reads the connection directly, with no timeout per read (redis-py's
@@ -107,28 +112,47 @@ class Subscriber:
         cut = len(self.prefix)
         publish = self.hub.publish
         stats = self.stats
-        watchdog = asyncio.create_task(self._watch(pubsub), name="wspush-redis-watchdog")
+        probe = self.probe_channel
+        watchdog = asyncio.create_task(self._watch(pubsub, client), name="wspush-redis-watchdog")
         try:
             while True:
                 response = await read(timeout=math.inf)
                 self.replies += 1
                 if response[0] == b"pmessage":
+                    channel = response[2]
+                    if channel == probe:
+                        self.probe_seen = True
+                        continue
                     stats.messages_seen += 1
-                    publish(response[2][cut:], response[3])
+                    publish(channel[cut:], response[3])
         finally:
             watchdog.cancel()
 
-    async def _watch(self, pubsub: Any) -> None:
-        """PING the subscription every interval; no reply at all by the next one means
-        the connection is dead (half-open, or the server is stuck): drop it."""
+    async def _watch(self, pubsub: Any, client: aioredis.Redis) -> None:
+        """Every interval, PING the subscription and publish a probe to our own channel.
+
+        No reply at all means the connection is dead (half-open through a NAT or proxy,
+        or the server is stuck); a missing probe means the subscription is gone even
+        though the connection answers. Either way, drop the connection: the session
+        ends and `run()` subscribes again.
+        """
+        interval = self.health_interval
         while True:
             seen = self.replies
-            await pubsub.ping()
-            await asyncio.sleep(HEALTH_CHECK_INTERVAL)
-            if self.replies == seen:
-                logger.warning("redis: no reply for %ss, reconnecting", HEALTH_CHECK_INTERVAL)
-                await pubsub.connection.disconnect(nowait=True)
-                return
+            self.probe_seen = False
+            try:
+                await pubsub.ping()
+                await asyncio.wait_for(client.publish(self.probe_channel, b"probe"), interval)
+                await asyncio.sleep(interval)
+            except Exception as exc:  # any failure here means unhealthy
+                reason = f"health check failed: {type(exc).__name__}"
+            else:
+                if self.replies != seen and self.probe_seen:
+                    continue
+                reason = "no reply" if self.replies == seen else "probe did not come back"
+            logger.warning("redis: %s within %ss, reconnecting", reason, interval)
+            await pubsub.connection.disconnect(nowait=True)
+            return
 
     def _came_up(self) -> None:
         self.live = True
