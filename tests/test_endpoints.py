@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.clients import RawWebSocket, SSEClient, receive, websocket
-from tests.conftest import RedisServer, Wspush, free_port
+from tests.conftest import RedisServer, Wspush, free_port, wait_until
 from wspush import sign_token
 
 pytestmark = pytest.mark.anyio
@@ -281,26 +281,41 @@ async def test_max_per_ip_counts_the_forwarded_address_only_from_trusted_proxies
             assert from_b.status_code == 429
 
 
-async def test_a_client_that_does_not_read_loses_messages_not_the_others(
-    spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
+@pytest.mark.parametrize("stalled_transport", ["ws", "sse"])
+async def test_a_client_that_does_not_read_is_dropped_then_disconnected_not_the_others(
+    spawn: Callable[..., Wspush], redis_server: RedisServer, token: str, stalled_transport: str
 ) -> None:
     expvar = free_port()
     server = spawn(
-        "-redis", redis_server.address, "--queue-size", "4", "-expvar", f"127.0.0.1:{expvar}"
-    )
+        "-redis", redis_server.address, "--queue-size", "4", "--max-drops", "20",
+        "-expvar", f"127.0.0.1:{expvar}",
+    )  # fmt: skip
     # A raw socket that never reads: kernel buffers fill, then its queue, then it drops.
-    stalled = await RawWebSocket.open(server.port, f"/?token={token}")
+    if stalled_transport == "ws":
+        stalled = await RawWebSocket.open(server.port, f"/?token={token}")
+        writer = stalled.writer
+    else:
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"GET /sse?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     try:
         async with websocket(server.ws_url(token), max_size=None) as healthy:
             big = b"x" * (256 * 1024)
-            for seq in range(80):
+            seq = 0
+            while stats(expvar)["slow_clients_disconnected"] == 0:
+                assert seq < 400, "the stalled client was never disconnected"
                 redis_server.publish(f"example.{token}", b"%d " % seq + big)
                 message = await receive(healthy)
                 assert isinstance(message, bytes)
                 assert message.startswith(b"%d " % seq)
+                seq += 1
+            wait_until(lambda: stats(expvar)["connections_open"] == 1, 5, "the kick to finish")
+            redis_server.publish(f"example.{token}", "still fine")
+            assert await receive(healthy) == b"still fine"
     finally:
-        stalled.close()
-    assert stats(expvar)["dropped_queue_full"] > 0
+        writer.close()
+    counters = stats(expvar)
+    assert counters["dropped_queue_full"] >= 20
+    assert "does not read" in server.log()
 
 
 # -- framing -----------------------------------------------------------------------------

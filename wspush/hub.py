@@ -19,6 +19,8 @@ from wspush.stats import Stats
 logger = logging.getLogger("wspush.hub")
 
 _UNSET: object = object()
+# Close code for a client disconnected for not reading (RFC 6455: policy violation).
+CLOSE_TOO_SLOW = 1008
 
 
 class Transport(StrEnum):
@@ -192,6 +194,7 @@ class Subscription:
         "closing",
         "dropped",
         "encode",
+        "max_drops",
         "on_backlog",
         "peer",
         "pending",
@@ -218,6 +221,7 @@ class Subscription:
         self.busy = False  # the endpoint holds messages taken from the queue
         self.on_backlog: Callable[[], None] | None = None
         self.peer = ""  # the client's address, for the per-address limit
+        self.max_drops = 0  # disconnect after this many drops (0: never)
 
     def write_directly(
         self, writer: DirectWriter, encode: Encoder, on_backlog: Callable[[], None] | None = None
@@ -246,6 +250,8 @@ class Subscription:
         elif self.queue.full():
             self.dropped += 1
             self.stats.dropped_queue_full += 1
+            if self.dropped == self.max_drops:
+                self.kick()
         else:
             self.queue.put_nowait(message)
             if self.on_backlog is not None:
@@ -271,6 +277,20 @@ class Subscription:
         elif not message.is_heartbeat:
             self.stats.successful_deliveries += 1
         return data
+
+    def kick(self) -> None:
+        """Disconnect a client that lost `max_drops` messages: it is not keeping up."""
+        self.stats.slow_clients_disconnected += 1
+        logger.info(
+            "disconnecting a %s client of token %r: %d messages dropped, it does not read",
+            self.transport.value,
+            self.token,
+            self.dropped,
+        )
+        if self.writer is not None:
+            self.writer.kick(CLOSE_TOO_SLOW)
+        else:
+            self.close()
 
     def close(self) -> None:
         """Ask the endpoint to close, making room in a full queue if needed."""
@@ -327,7 +347,9 @@ class Hub:
         *,
         max_connections: int = 0,
         max_per_ip: int = 0,
+        max_drops: int = 0,
     ) -> None:
+        self.max_drops = max_drops
         self.max_per_token = max_per_token
         self.max_connections = max_connections  # 0: no limit
         self.max_per_ip = max_per_ip  # 0: no limit
@@ -362,6 +384,7 @@ class Hub:
             raise TokenFull
         subscription = Subscription(token, transport, self.queue_size, self.stats, self.batch)
         subscription.peer = peer
+        subscription.max_drops = self.max_drops
         subscriptions.append(subscription)
         self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
         self.stats.connections_open += 1

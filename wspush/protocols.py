@@ -15,12 +15,14 @@ or uvicorn's stock protocols) wspush sends through plain ASGI messages instead.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 DIRECT_WRITE = "wspush.direct_write"
+KICK_GRACE = 1.0
 
 
 class DirectWriter(Protocol):
@@ -39,6 +41,11 @@ class DirectWriter(Protocol):
 
     async def wait_writable(self) -> None:
         """Return once the transport's write buffer is below its high-water mark."""
+
+    def kick(self, code: int) -> None:
+        """Disconnect a client that does not read: say why if the protocol can (a
+        WebSocket close frame), and cut the connection if it is still there after
+        `KICK_GRACE` seconds."""
 
 
 class HTTPDirectWriter:
@@ -65,6 +72,12 @@ class HTTPDirectWriter:
 
     async def wait_writable(self) -> None:
         await self.cycle.flow.drain()
+
+    def kick(self, code: int) -> None:
+        transport = self.cycle.transport
+        if not transport.is_closing():
+            transport.close()
+            asyncio.get_running_loop().call_later(KICK_GRACE, transport.abort)
 
 
 class HttpToolsDirectProtocol(HttpToolsProtocol):
@@ -101,6 +114,15 @@ class WebSocketDirectWriter:
 
     async def wait_writable(self) -> None:
         await self.protocol.writable.wait()
+
+    def kick(self, code: int) -> None:
+        protocol = self.protocol
+        if not self.is_open():
+            return
+        protocol.conn.send_close(code, "too slow")
+        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        protocol.close_sent = True
+        protocol.loop.call_later(KICK_GRACE, protocol.transport.abort)
 
 
 class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):

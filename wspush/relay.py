@@ -35,6 +35,7 @@ class Relay:
             self.stats,
             max_connections=settings.max_connections,
             max_per_ip=settings.max_per_ip,
+            max_drops=settings.max_drops,
         )
         self.subscriber = Subscriber(
             settings.redis_url,

@@ -146,6 +146,12 @@ class Settings:
         "messages buffered per connection; a message for a full buffer is dropped and counted",
         metavar="N",
     )
+    max_drops: int = _setting(
+        1000,
+        "messages a connection may lose to a full buffer before it is disconnected as too "
+        "slow (WebSocket close 1008; 0: never)",
+        metavar="N",
+    )
     ws_frame: str = _setting(
         "binary",
         "WebSocket frame type: binary, text, or auto (text when the message is valid UTF-8)",
@@ -221,6 +227,7 @@ class Settings:
         _require(self.queue_size >= 1, "queue_size", "must be at least 1")
         _require(self.max_connections >= 0, "max_connections", "must be 0 or more")
         _require(self.max_per_ip >= 0, "max_per_ip", "must be 0 or more")
+        _require(self.max_drops >= 0, "max_drops", "must be 0 or more")
         _require(self.max_client_message >= 125, "max_client_message", "must be at least 125")
         _require(self.sse_retry >= 0, "sse_retry", "must be 0 or more")
         _require(self.shutdown_timeout > 0, "shutdown_timeout", "must be greater than 0")
