@@ -4,6 +4,7 @@ expvar package, so statistics need not be exposed where clients connect."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import uvicorn
 from starlette.applications import Starlette
@@ -14,10 +15,12 @@ from starlette.routing import Route
 from wspush.settings import parse_address
 from wspush.stats import Stats
 
+Gauges = Callable[[], dict[str, int]]
 
-def expvar_app(stats: Stats) -> Starlette:
+
+def expvar_app(stats: Stats, gauges: Gauges) -> Starlette:
     async def debug_vars(request: Request) -> JSONResponse:
-        return JSONResponse({"cmdline": sys.argv, **stats.as_dict()})
+        return JSONResponse({"cmdline": sys.argv, **stats.as_dict(), **gauges()})
 
     return Starlette(routes=[Route("/debug/vars", debug_vars)])
 
@@ -25,10 +28,10 @@ def expvar_app(stats: Stats) -> Starlette:
 class ExpvarServer:
     """A second uvicorn server in the same event loop, started and stopped by the relay."""
 
-    def __init__(self, address: str, stats: Stats) -> None:
+    def __init__(self, address: str, stats: Stats, gauges: Gauges) -> None:
         host, port = parse_address("expvar", address)
         config = uvicorn.Config(
-            expvar_app(stats),
+            expvar_app(stats, gauges),
             host=host,
             port=port,
             lifespan="off",

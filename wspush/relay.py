@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse
@@ -21,6 +22,14 @@ from wspush.stats import Stats
 from wspush.subscriber import Subscriber
 
 logger = logging.getLogger("wspush")
+
+
+def count_open_files() -> int:
+    """File descriptors of this process (Linux), or -1 where /proc is not there."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
 
 
 class Relay:
@@ -56,7 +65,7 @@ class Relay:
             ),
             asyncio.create_task(self._drain_when_server_exits(), name="wspush-exit-watch"),
         ]
-        expvar = ExpvarServer(settings.expvar, self.stats) if settings.expvar else None
+        expvar = ExpvarServer(settings.expvar, self.stats, self.gauges) if settings.expvar else None
         if expvar is not None:
             await expvar.start()
         logger.info("wspush started: %s", settings.describe())
@@ -70,6 +79,14 @@ class Relay:
             if expvar is not None:
                 await expvar.stop()
             logger.info("wspush stopped")
+
+    def gauges(self) -> dict[str, int]:
+        """Values read when asked (for /debug/vars), to check that nothing leaks."""
+        return {
+            "tokens": self.hub.tokens(),
+            "asyncio_tasks": len(asyncio.all_tasks()),
+            "open_files": count_open_files(),
+        }
 
     async def drain(self, within: float) -> None:
         """Close every client (WebSocket 1001, SSE with a retry hint) and wait for them."""
