@@ -89,6 +89,8 @@ class RedisServer:
     def answers(self) -> bool:
         try:
             return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
+        except redis.AuthenticationError:
+            return True  # up, and asking for a password
         except redis.RedisError:
             return False
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 from collections.abc import Callable
+from urllib.parse import quote
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.clients import RawWebSocket, SSEClient, receive, websocket
@@ -514,3 +518,61 @@ async def test_a_burst_arrives_complete_and_in_order_on_both_transports(
         await sse.wait_for(f"data:{count - 1} ".encode(), timeout=15)
     assert [int(m.split(b" ")[0]) for m in received] == list(range(count))  # type: ignore[union-attr]
     assert [int(e.split(" ")[0]) for e in sse.events()] == list(range(count))
+
+
+async def test_websocket_compression_is_off_by_default_and_on_by_option(
+    spawn: Callable[..., Wspush], relay: Wspush, redis_server: RedisServer, token: str
+) -> None:
+    async with websocket(relay.ws_url(token)) as plain:
+        assert plain.response is not None
+        assert "permessage-deflate" not in plain.response.headers.get(
+            "Sec-WebSocket-Extensions", ""
+        )
+    server = spawn("-redis", redis_server.address, "--ws-compression")
+    async with websocket(server.ws_url(token)) as compressed:
+        assert compressed.response is not None
+        assert "permessage-deflate" in compressed.response.headers["Sec-WebSocket-Extensions"]
+        redis_server.publish(f"example.{token}", "squeeze " * 100)
+        assert await receive(compressed) == b"squeeze " * 100
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+query_parts = st.sampled_from(
+    ["token=", "token=a", "token=%zz", "token=%E2%9C", "tok%65n=b", "token=a;b", "&", "=", "%",
+     "+", "token=" + "x" * 64, "token=" + "y" * 65, "token=%00", "token=\u00e9", "a=1"]
+)  # fmt: skip
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(parts=st.lists(query_parts, max_size=8), noise=st.text(max_size=40))
+def test_any_query_string_gets_200_or_400_never_an_error(
+    relay: Wspush, parts: list[str], noise: str
+) -> None:
+    query = "&".join(parts) + quote(noise, safe="=&%;+")
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as conn:
+        conn.sendall(f"GET /sse?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        status_line = conn.recv(64).split(b"\r\n")[0]
+    assert status_line in (b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"), (query, status_line)
+
+
+def test_a_10_kb_query_string_and_huge_or_repeated_accept_headers_are_answered(
+    relay: Wspush,
+) -> None:
+    long_query = "token=" + "z" * 10_000
+    assert httpx.get(f"{relay.url}/sse?{long_query}", timeout=5).status_code == 400
+    huge_accept = {"Accept": "text/plain, " * 5_000 + "text/event-stream"}
+    with httpx.stream("GET", f"{relay.url}/any?token=huge", headers=huge_accept, timeout=5) as r:
+        assert r.status_code == 200
+    repeated = [("Accept", "text/html"), ("Accept", "text/event-stream")]
+    with httpx.stream("GET", f"{relay.url}/any?token=rep", headers=repeated, timeout=5) as r:
+        assert r.status_code == 200
+    assert httpx.get(f"{relay.url}/ping", timeout=5).status_code == 200
+
+
+def test_a_request_without_host_is_answered(relay: Wspush) -> None:
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as conn:
+        conn.sendall(b"GET /ping HTTP/1.0\r\n\r\n")
+        assert conn.recv(64).startswith(b"HTTP/1.1 200")

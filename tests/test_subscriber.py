@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis
 
 from tests.clients import SSEClient, receive, websocket
 from tests.conftest import RedisServer, Wspush, free_port, wait_until
@@ -143,3 +144,25 @@ def test_the_probe_channel_can_never_be_a_client_token() -> None:
     subscriber = Subscriber("redis://x:1", b"example.", Hub(15, 10, Stats()), Stats())
     assert subscriber.probe_channel.startswith(b"example.")
     assert len(subscriber.probe_channel) - len(b"example.") > MAX_TOKEN_BYTES
+
+
+async def test_a_password_protected_redis_and_a_wrong_password(
+    spawn: Callable[..., Wspush], tmp_path: Path, token: str
+) -> None:
+    redis = RedisServer(tmp_path / "auth", None, "--requirepass", "s3cret").start()
+    try:
+        wrong = spawn("-redis", f"redis://:nope@127.0.0.1:{redis.port}", ready=False)
+        right = spawn("-redis", f"redis://:s3cret@127.0.0.1:{redis.port}")
+        async with websocket(right.ws_url(token)) as ws:
+            with Redis(port=redis.port, password="s3cret", socket_timeout=5) as client:
+                client.publish(f"example.{token}", "authenticated")
+            assert await receive(ws) == b"authenticated"
+        await asyncio.sleep(2.5)  # several retries with the wrong password
+        assert wrong.status("/ping") == 200
+        assert wrong.status("/ready") == 503
+        log = wrong.log()
+        assert log.count("redis: AuthenticationError") == 1, log
+        assert "s3cret" not in right.log()
+        assert "nope" not in log
+    finally:
+        redis.kill()

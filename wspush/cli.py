@@ -126,7 +126,7 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
         http="wspush.protocols:HttpToolsDirectProtocol",
         ws="wspush.protocols:WebSocketsSansIODirectProtocol",
         ws_max_size=settings.max_client_message,
-        ws_per_message_deflate=False,
+        ws_per_message_deflate=settings.ws_compression,
         # wspush's own timer sends every heartbeat, Ping frames included, one write each
         # (uvicorn's keep-alive would cost two timers and a pong parse per connection).
         ws_ping_interval=None,

@@ -142,7 +142,9 @@ class Endpoints:
 
         try:
             await websocket.accept()
-            writer = direct_writer(websocket.scope)
+            # Pre-encoded frames are uncompressed: with compression on, frames go through
+            # the server, which compresses each one for its connection.
+            writer = None if self.settings.ws_compression else direct_writer(websocket.scope)
             if writer is None:
                 drain()  # plain ASGI: one task sends everything, for the connection's life
             else:

@@ -162,6 +162,11 @@ class Settings:
         "comma-separated origins sent in Access-Control-Allow-Origin ('*' for any)",
         metavar="ORIGINS",
     )
+    ws_compression: bool = _setting(
+        False,
+        "offer permessage-deflate to WebSocket clients: less bandwidth for large text, "
+        "but each message is compressed per client (more CPU and memory)",
+    )
     ws_origins: str = _setting(
         "",
         "comma-separated origins allowed to open a WebSocket (empty: any); others get 403",
