@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -164,5 +165,47 @@ async def test_a_password_protected_redis_and_a_wrong_password(
         assert log.count("redis: AuthenticationError") == 1, log
         assert "s3cret" not in right.log()
         assert "nope" not in log
+    finally:
+        redis.kill()
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 made with the openssl command line, as a test CA."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize("trust", ["ca", "no-verify", "default"])
+async def test_redis_over_tls(
+    spawn: Callable[..., Wspush], tmp_path: Path, token: str, trust: str
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    port = free_port()
+    redis = RedisServer(
+        tmp_path / "tls", free_port(), "--tls-port", str(port), "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+    ).start()  # fmt: skip
+    try:
+        url = f"rediss://127.0.0.1:{port}"
+        args = {
+            "ca": ["-redis", f"{url}?ssl_ca_certs={cert}"],
+            "no-verify": ["-redis", url, "--no-redis-tls-verify"],
+            "default": ["-redis", url],
+        }[trust]
+        server = spawn(*args, ready=trust != "default")
+        if trust == "default":  # a self-signed certificate is refused unless told otherwise
+            await asyncio.sleep(2)
+            assert server.status("/ready") == 503
+            assert "SSL" in server.log() or "certificate" in server.log()
+            return
+        async with websocket(server.ws_url(token)) as ws:
+            redis.publish(f"example.{token}", "over TLS")  # plain port of the same server
+            assert await receive(ws) == b"over TLS"
     finally:
         redis.kill()

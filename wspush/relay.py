@@ -52,6 +52,7 @@ class Relay:
             self.hub,
             self.stats,
             health_interval=settings.redis_health_interval,
+            tls_verify=settings.redis_tls_verify,
         )
 
     @contextlib.asynccontextmanager

@@ -189,6 +189,11 @@ class Settings:
         "seconds to close connections on SIGTERM/SIGINT before they are cut",
         metavar="SECONDS",
     )
+    redis_tls_verify: bool = _setting(
+        True,
+        "verify the certificate of a rediss:// server; turn off only for providers with "
+        "self-signed certificates (such as Heroku Redis)",
+    )
     redis_health_interval: float = _setting(
         15.0,
         "seconds between health checks of the subscription (a PING and a probe message "

@@ -46,8 +46,10 @@ class Subscriber:
         *,
         retry_interval: float = 1.0,
         health_interval: float = 15.0,
+        tls_verify: bool = True,
     ) -> None:
         self.url = url
+        self.tls_verify = tls_verify
         self.health_interval = health_interval
         # A channel under the prefix whose token is too long for any client: the
         # watchdog publishes here and expects to read it back on the subscription.
@@ -75,11 +77,15 @@ class Subscriber:
             await asyncio.sleep(max(0.0, self.retry_interval - (loop.time() - started)))
 
     async def _session(self) -> None:
-        tcp_options = {} if self.url.startswith("unix:") else {"socket_keepalive": True}
+        options: dict[str, Any] = {}
+        if not self.url.startswith("unix:"):
+            options["socket_keepalive"] = True
+        if self.url.startswith("rediss:") and not self.tls_verify:
+            options["ssl_cert_reqs"] = "none"
         client = aioredis.Redis.from_url(
             self.url,
             socket_connect_timeout=CONNECT_TIMEOUT,
-            **tcp_options,
+            **options,
             retry=Retry(NoBackoff(), 0),  # this loop owns retries
             protocol=2,  # pmessages as plain replies (RESP3 would route them to a handler)
             client_name="wspush",
