@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -576,3 +578,95 @@ def test_a_request_without_host_is_answered(relay: Wspush) -> None:
     with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as conn:
         conn.sendall(b"GET /ping HTTP/1.0\r\n\r\n")
         assert conn.recv(64).startswith(b"HTTP/1.1 200")
+
+
+async def test_a_channel_name_that_is_not_utf8_routes_to_its_percent_encoded_token(
+    relay: Wspush, redis_server: RedisServer
+) -> None:
+    async with websocket(relay.ws_url("%FF%FEraw")) as ws:
+        assert redis_server.publish(b"example.\xff\xferaw", "bytes all the way") == 1
+        assert await receive(ws) == b"bytes all the way"
+
+
+async def test_an_empty_channel_suffix_reaches_nobody(
+    relay: Wspush, redis_server: RedisServer, token: str, expvar_port: int
+) -> None:
+    seen = stats(expvar_port)["messages_seen"]
+    async with websocket(relay.ws_url(token)) as ws:
+        redis_server.publish("example.", "to nobody")
+        redis_server.publish(f"example.{token}", "to me")
+        assert await receive(ws) == b"to me"
+    assert stats(expvar_port)["messages_seen"] == seen + 2
+
+
+async def test_a_message_over_the_maximum_size_is_dropped_and_counted(
+    spawn: Callable[..., Wspush], tmp_path: Path, token: str
+) -> None:
+    # Redis's default output buffer limit (32 MB) would cut any subscriber of a 100 MB
+    # message before it is read; lift it so wspush's own limit is what is tested.
+    redis = RedisServer(
+        tmp_path / "big", None, "--client-output-buffer-limit", "pubsub 0 0 0"
+    ).start()
+    expvar = free_port()
+    try:
+        server = spawn(
+            "-redis", redis.address, "--max-message-size", str(2 * MIB),
+            "-expvar", f"127.0.0.1:{expvar}",
+        )  # fmt: skip
+        async with websocket(server.ws_url(token), max_size=None) as ws:
+            redis.publish(f"example.{token}", b"x" * (2 * MIB))  # at the limit: sent
+            redis.publish(f"example.{token}", b"y" * (100 * MIB))  # 100 MB: dropped
+            redis.publish(f"example.{token}", "after")
+            assert await receive(ws, timeout=15) == b"x" * (2 * MIB)
+            assert await receive(ws, timeout=15) == b"after"
+        assert stats(expvar)["dropped_too_large"] == 1
+        assert "larger than --max-message-size" in server.log()
+    finally:
+        redis.kill()
+
+
+async def test_a_burst_of_100k_messages_to_one_token_is_survived(
+    relay: Wspush, redis_server: RedisServer, token: str, expvar_port: int
+) -> None:
+    before = stats(expvar_port)
+    async with websocket(relay.ws_url(token)) as ws, SSEClient(f"{relay.url}/sse?token={token}"):
+        with redis_server.client() as client, client.pipeline(transaction=False) as pipe:
+            for seq in range(100_000):
+                pipe.publish(f"example.{token}", b"%d" % seq)
+            pipe.execute()
+        redis_server.publish(f"example.{token}", "end")
+        async with asyncio.timeout(30):
+            while await receive(ws, timeout=30) != b"end":
+                pass
+    after = stats(expvar_port)
+    assert after["messages_seen"] - before["messages_seen"] == 100_001
+    delivered = after["successful_deliveries"] - before["successful_deliveries"]
+    dropped = after["dropped_queue_full"] - before["dropped_queue_full"]
+    assert delivered + dropped == 2 * 100_001
+
+
+async def test_one_stalled_client_does_not_slow_a_hundred_healthy_ones_on_its_token(
+    spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
+) -> None:
+    server = spawn("-redis", redis_server.address, "--max-per-token", "101")
+    stalled = await RawWebSocket.open(server.port, f"/?token={token}")
+    healthy = [websocket(server.ws_url(token), max_size=None) for _ in range(100)]
+    clients = [await h.__aenter__() for h in healthy]
+    try:
+        lags: list[float] = []
+        big = b"x" * (64 * 1024)
+        for seq in range(40):
+            sent = time.monotonic()
+            redis_server.publish(f"example.{token}", b"%d " % seq + big)
+            for ws in clients:
+                message = await receive(ws)
+                assert isinstance(message, bytes)
+                assert message.startswith(b"%d " % seq)
+            lags.append(time.monotonic() - sent)
+        # The stalled client stopped reading long ago (40 x 64 KiB > its socket buffers
+        # plus queue): the healthy ones never waited for it.
+        assert max(lags) < 1.0, lags
+    finally:
+        stalled.close()
+        for h in healthy:
+            await h.__aexit__(None, None, None)

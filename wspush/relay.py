@@ -53,6 +53,7 @@ class Relay:
             self.stats,
             health_interval=settings.redis_health_interval,
             tls_verify=settings.redis_tls_verify,
+            max_message_size=settings.max_message_size,
         )
 
     @contextlib.asynccontextmanager

@@ -146,6 +146,11 @@ class Settings:
         "messages buffered per connection; a message for a full buffer is dropped and counted",
         metavar="N",
     )
+    max_message_size: int = _setting(
+        8 * 1024 * 1024,
+        "largest message relayed, in bytes; larger ones are dropped, logged and counted",
+        metavar="BYTES",
+    )
     max_drops: int = _setting(
         1000,
         "messages a connection may lose to a full buffer before it is disconnected as too "
@@ -238,6 +243,7 @@ class Settings:
         _require(self.max_connections >= 0, "max_connections", "must be 0 or more")
         _require(self.max_per_ip >= 0, "max_per_ip", "must be 0 or more")
         _require(self.max_drops >= 0, "max_drops", "must be 0 or more")
+        _require(self.max_message_size >= 1, "max_message_size", "must be at least 1")
         _require(self.max_client_message >= 125, "max_client_message", "must be at least 125")
         _require(self.sse_retry >= 0, "sse_retry", "must be 0 or more")
         _require(self.shutdown_timeout > 0, "shutdown_timeout", "must be greater than 0")

@@ -47,8 +47,10 @@ class Subscriber:
         retry_interval: float = 1.0,
         health_interval: float = 15.0,
         tls_verify: bool = True,
+        max_message_size: int = 8 * 1024 * 1024,
     ) -> None:
         self.url = url
+        self.max_message_size = max_message_size
         self.tls_verify = tls_verify
         self.health_interval = health_interval
         # A channel under the prefix whose token is too long for any client: the
@@ -119,6 +121,7 @@ class Subscriber:
         publish = self.hub.publish
         stats = self.stats
         probe = self.probe_channel
+        too_large = self.max_message_size
         watchdog = asyncio.create_task(self._watch(pubsub, client), name="wspush-redis-watchdog")
         try:
             while True:
@@ -130,7 +133,11 @@ class Subscriber:
                         self.probe_seen = True
                         continue
                     stats.messages_seen += 1
-                    publish(channel[cut:], response[3])
+                    data = response[3]
+                    if len(data) > too_large:
+                        self._drop_too_large(channel, len(data))
+                        continue
+                    publish(channel[cut:], data)
         finally:
             watchdog.cancel()
 
@@ -159,6 +166,15 @@ class Subscriber:
             logger.warning("redis: %s within %ss, reconnecting", reason, interval)
             await pubsub.connection.disconnect(nowait=True)
             return
+
+    def _drop_too_large(self, channel: bytes, size: int) -> None:
+        self.stats.dropped_too_large += 1
+        logger.warning(
+            "dropped a message of %d bytes on %r: larger than --max-message-size (%d)",
+            size,
+            channel,
+            self.max_message_size,
+        )
 
     def _came_up(self) -> None:
         self.live = True
