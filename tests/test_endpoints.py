@@ -109,9 +109,13 @@ def test_ready_answers_200_while_subscribed(relay: Wspush) -> None:
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
 @pytest.mark.parametrize("path", ["/", "/sse?token=x", "/ping"])
-def test_other_methods_get_405_allow_get(relay: Wspush, method: str, path: str) -> None:
+def test_other_methods_get_405_allow_get(
+    relay: Wspush, method: str, path: str, expvar_port: int
+) -> None:
+    refused = stats(expvar_port)["refused_method"]
     response = httpx.request(method, relay.url + path, timeout=5)
     assert response.status_code == 405
+    assert stats(expvar_port)["refused_method"] == refused + 1
     assert response.headers["allow"] == "GET"
     assert response.headers["access-control-allow-origin"] == "*"
 
@@ -418,6 +422,20 @@ async def test_client_frames_are_read_and_discarded(
         await ws.send(b"\x00" * 4000)
         redis_server.publish(f"example.{token}", "still here")
         assert await receive(ws) == b"still here"
+
+
+async def test_a_flood_of_client_frames_and_pings_does_not_starve_delivery(
+    relay: Wspush, redis_server: RedisServer, token: str
+) -> None:
+    async with websocket(relay.ws_url(token)) as flooder, websocket(relay.ws_url(token)) as other:
+        for _ in range(2000):
+            await flooder.send("spam")
+            await flooder.ping()
+        started = time.monotonic()
+        redis_server.publish(f"example.{token}", "through the flood")
+        assert await receive(other) == b"through the flood"
+        assert await receive(flooder) == b"through the flood"
+        assert time.monotonic() - started < 1.0
 
 
 async def test_an_oversized_client_frame_closes_with_1009(relay: Wspush, token: str) -> None:

@@ -60,7 +60,7 @@ async def test_redis_killed_and_restarted_under_connected_clients(
         fresh_redis.start()
 
         took = await publish_until_received(fresh_redis, f"example.{token}", ws.recv, timeout=5)
-        assert took < 3
+        assert took < 2
         await sse.wait_for(b"data:back\n\n")
         assert not sse.ended.is_set()
     log = server.log()
@@ -209,3 +209,20 @@ async def test_redis_over_tls(
             assert await receive(ws) == b"over TLS"
     finally:
         redis.kill()
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(300)
+async def test_redis_down_for_a_minute_then_back(
+    spawn: Callable[..., Wspush], fresh_redis: RedisServer, token: str
+) -> None:
+    server = spawn("-redis", fresh_redis.address)
+    async with websocket(server.ws_url(token), ping_interval=None) as ws:
+        fresh_redis.kill()
+        await asyncio.sleep(60)
+        assert server.status("/ready") == 503
+        fresh_redis.start()
+        took = await publish_until_received(fresh_redis, f"example.{token}", ws.recv, timeout=5)
+        assert took < 2
+    log = server.log()
+    assert log.count("redis: ConnectionError") + log.count("redis: TimeoutError") == 1, log

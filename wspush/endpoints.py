@@ -88,13 +88,13 @@ class Endpoints:
     async def ping(self, request: Request) -> Response:
         """Liveness: 200 while the process serves HTTP, whatever Redis is doing."""
         if request.method != "GET":
-            return method_not_allowed()
+            return self._method_not_allowed(request)
         return Response(status_code=200)
 
     async def ready(self, request: Request) -> Response:
         """Readiness: 200 only while the Redis subscription is live and not draining."""
         if request.method != "GET":
-            return method_not_allowed()
+            return self._method_not_allowed(request)
         if self.subscriber.live and not self.hub.draining:
             return PlainTextResponse("ready\n")
         reason = "draining\n" if self.hub.draining else "redis subscription is down\n"
@@ -103,7 +103,7 @@ class Endpoints:
     async def http(self, request: Request) -> Response:
         """Any other HTTP request: an SSE stream, or a refusal."""
         if request.method != "GET":
-            return method_not_allowed()
+            return self._method_not_allowed(request)
         self.stats.sessions_seen += 1
         try:
             token = self._authorize(request.scope)
@@ -259,6 +259,12 @@ class Endpoints:
             raise Refusal(
                 503, CLOSE_TRY_AGAIN_LATER, "server is shutting down", "refused_draining"
             ) from None
+
+    def _method_not_allowed(self, request: Request) -> Response:
+        """405 with `Allow: GET`, as the Go program answers (HEAD and OPTIONS included)."""
+        self.stats.refused_method += 1
+        logger.info("refused %s %s: 405", request.method, request.url.path)
+        return method_not_allowed()
 
     def _count_refusal(self, refusal: Refusal, scope: Scope) -> None:
         setattr(self.stats, refusal.counter, getattr(self.stats, refusal.counter) + 1)

@@ -19,6 +19,7 @@ class Stats:
     refused_token_limit: int = 0
     refused_draining: int = 0
     refused_origin: int = 0
+    refused_method: int = 0
     refused_capacity: int = 0
     refused_ip_limit: int = 0
     refused_not_websocket: int = 0
