@@ -226,3 +226,22 @@ async def test_redis_down_for_a_minute_then_back(
         assert took < 2
     log = server.log()
     assert log.count("redis: ConnectionError") + log.count("redis: TimeoutError") == 1, log
+
+
+async def test_an_acl_user_with_only_pubsub_rights(
+    spawn: Callable[..., Wspush], tmp_path: Path, token: str
+) -> None:
+    """wspush needs no write access: a user limited to the prefix's channels is enough."""
+    redis = RedisServer(
+        tmp_path / "acl", None,
+        "--user", "relay", "on", ">relay-pw", "resetchannels", "&example.*",
+        "+psubscribe", "+punsubscribe", "+ping", "+publish", "+client|setname",
+    ).start()  # fmt: skip
+    try:
+        server = spawn("-redis", f"redis://relay:relay-pw@127.0.0.1:{redis.port}")
+        async with websocket(server.ws_url(token)) as ws:
+            redis.publish(f"example.{token}", "via an ACL user")
+            assert await receive(ws) == b"via an ACL user"
+        assert "relay-pw" not in server.log()
+    finally:
+        redis.kill()
