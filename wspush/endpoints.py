@@ -32,7 +32,7 @@ from wspush.hub import (
     Subscription,
     TokenFull,
     Transport,
-    count_skip,
+    counted,
 )
 from wspush.protocols import DIRECT_WRITE, DirectWriter
 from wspush.settings import Settings
@@ -188,13 +188,9 @@ class Endpoints:
 
     async def _send_frame(self, websocket: WebSocket, message: Message) -> None:
         """The plain ASGI way, for servers without the direct-write extension."""
-        event = self.frame(message)
-        if event is None:
-            count_skip(self.stats, message)
-            return
-        await websocket.send(event)
-        if not message.is_heartbeat:
-            self.stats.successful_deliveries += 1
+        event = counted(self.stats, message, self.frame(message))
+        if event is not None:
+            await websocket.send(event)
 
     async def _discard_client_frames(self, websocket: WebSocket) -> None:
         """Read what the client sends and drop it, so a close is noticed at once."""
@@ -332,13 +328,9 @@ async def sse_stream(
                 chunks.append(endpoints.sse_retry_hint())
                 yield b"".join(chunks)
                 return
-            event = message.sse
-            if event is None:
-                count_skip(stats, message)
-            else:
+            event = counted(stats, message, message.sse)
+            if event is not None:
                 chunks.append(event)
-                if not message.is_heartbeat:
-                    stats.successful_deliveries += 1
             if queue.empty():
                 break
             message = queue.get_nowait()

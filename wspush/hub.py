@@ -12,6 +12,7 @@ import logging
 import struct
 from collections.abc import Callable, Iterator
 from enum import StrEnum
+from typing import TypeVar
 
 from wspush.protocols import DirectWriter
 from wspush.stats import Stats
@@ -271,12 +272,7 @@ class Subscription:
 
     def _encode(self, message: Message) -> bytes | None:
         """This connection's bytes for `message`, counted as delivered or skipped."""
-        data = self.encode(message)  # type: ignore[misc]
-        if data is None:
-            count_skip(self.stats, message)
-        elif not message.is_heartbeat:
-            self.stats.successful_deliveries += 1
-        return data
+        return counted(self.stats, message, self.encode(message))  # type: ignore[misc]
 
     def kick(self) -> None:
         """Disconnect a client that lost `max_drops` messages: it is not keeping up."""
@@ -327,12 +323,20 @@ class WriteBatch:
             subscription.flush()
 
 
-def count_skip(stats: Stats, message: Message) -> None:
-    """A message this connection's format cannot carry: empty for SSE, or not UTF-8."""
-    if message.payload:
-        stats.skipped_invalid_utf8 += 1
-    else:
-        stats.skipped_empty += 1
+T = TypeVar("T")
+
+
+def counted(stats: Stats, message: Message, encoded: T | None) -> T | None:
+    """Count one delivery of `message` in its encoded form, or, when there is none (the
+    connection's format cannot carry it: empty for SSE, or not UTF-8), one skip."""
+    if encoded is None:
+        if message.payload:
+            stats.skipped_invalid_utf8 += 1
+        else:
+            stats.skipped_empty += 1
+    elif not message.is_heartbeat:
+        stats.successful_deliveries += 1
+    return encoded
 
 
 class Hub:
