@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from wspush.factory import create_app
+from wspush.publish import apublish, publish
 from wspush.settings import Settings, SettingsError
 from wspush.tokens import sign as sign_token
 
@@ -11,4 +12,12 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["Settings", "SettingsError", "__version__", "create_app", "sign_token"]
+__all__ = [
+    "Settings",
+    "SettingsError",
+    "__version__",
+    "apublish",
+    "create_app",
+    "publish",
+    "sign_token",
+]

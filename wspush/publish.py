@@ -1,0 +1,56 @@
+"""Publishing from a Python backend: one call that does what `PUBLISH <prefix><token>`
+does, with the message encoded the way wspush delivers it.
+
+    import redis, wspush
+    r = redis.Redis.from_url("redis://localhost:6379")
+    wspush.publish(r, token, {"type": "order-shipped", "id": 42})   # JSON
+    await wspush.apublish(async_redis, token, "hello")               # redis.asyncio
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+DEFAULT_PREFIX = "example."
+
+
+class SyncPublisher(Protocol):
+    def publish(self, channel: bytes, message: bytes) -> Any: ...
+
+
+class AsyncPublisher(Protocol):
+    async def publish(self, channel: bytes, message: bytes) -> Any: ...
+
+
+def encode_message(message: str | bytes | Any) -> bytes:
+    """Bytes as they are, text as UTF-8, anything else as compact JSON."""
+    if isinstance(message, bytes):
+        return message
+    if isinstance(message, str):
+        return message.encode()
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def channel_for(token: str | bytes, prefix: str | bytes = DEFAULT_PREFIX) -> bytes:
+    """`<prefix><token>`, the channel a client with `?token=<token>` listens on."""
+    prefix = prefix.encode() if isinstance(prefix, str) else prefix
+    token = token.encode() if isinstance(token, str) else token
+    if not token:
+        raise ValueError("the token must not be empty")
+    return prefix + token
+
+
+def publish(
+    client: SyncPublisher, token: str | bytes, message: Any, prefix: str | bytes = DEFAULT_PREFIX
+) -> int:
+    """Publish with a redis-py client; returns how many subscribers Redis reached
+    (wspush processes, not browsers)."""
+    return int(client.publish(channel_for(token, prefix), encode_message(message)))
+
+
+async def apublish(
+    client: AsyncPublisher, token: str | bytes, message: Any, prefix: str | bytes = DEFAULT_PREFIX
+) -> int:
+    """`publish` for a `redis.asyncio` client."""
+    return int(await client.publish(channel_for(token, prefix), encode_message(message)))
