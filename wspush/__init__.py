@@ -2,15 +2,16 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from wspush.factory import create_app
-from wspush.publish import apublish, publish
-from wspush.settings import Settings, SettingsError
-from wspush.tokens import sign as sign_token
-
 try:
     __version__ = version("wspush")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
+
+# After __version__: these modules import it.
+from wspush.factory import create_app
+from wspush.publish import apublish, publish
+from wspush.settings import Settings, SettingsError
+from wspush.tokens import sign as sign_token
 
 __all__ = [
     "Settings",

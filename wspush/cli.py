@@ -1,26 +1,30 @@
 """The `wspush` command: Go wspush's flags, long options, environment, and uvicorn.
 
     wspush -addr :8080 -redis localhost:6379 -prefix example.
+    wspush keygen | token PAYLOAD | publish TOKEN MESSAGE | check
 
 Every setting is a `--long-option` and a `WSPUSH_*` variable; the Go program's six
 single-dash flags work as they did. Bad values stop start-up with one line naming the
-setting.
+setting. The subcommands (see `wspush.commands`) take the same settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 
-from wspush import __version__
+from wspush import __version__, commands
 from wspush.embedded import EmbeddedRedis, find_redis_server, redis_answers
-from wspush.factory import configure_logging, create_app, uvicorn_log_level
+from wspush.factory import create_app
+from wspush.logs import configure_logging, uvicorn_log_level
 from wspush.relay import Relay
 from wspush.settings import (
     DEFAULT_REDIS,
@@ -31,6 +35,7 @@ from wspush.settings import (
     load_env_file,
     option_name,
 )
+from wspush.workers import serve_workers
 
 logger = logging.getLogger("wspush")
 
@@ -40,15 +45,73 @@ UVICORN_GRACE = 1
 GC_YOUNG_THRESHOLD = 50_000
 
 
-def build_parser() -> argparse.ArgumentParser:
+EPILOG = (
+    "Precedence: command line, then environment (and a .env file), then defaults. "
+    "PORT (as on Heroku) means 0.0.0.0:$PORT when no address is set."
+)
+
+
+COMMANDS = {
+    "keygen": "print a new random key for --hmac / WSPUSH_KEY",
+    "token": "print a token for PAYLOAD, signed with the configured key",
+    "publish": "PUBLISH MESSAGE to TOKEN's channel on the configured Redis and prefix",
+    "check": "check the settings, that Redis answers, and that a message published under "
+    "the prefix comes back on a subscription like the relay's",
+}
+
+
+def build_parser(command: str = "serve") -> argparse.ArgumentParser:
+    """The relay's options, or those of one command (`wspush COMMAND --help`).
+
+    A command comes first (`wspush publish -redis ... TOKEN MESSAGE`), so everything
+    the Go program accepted still means what it did.
+    """
+    if command != "serve":
+        return command_parser(command)
+    listed = "\n".join(f"  {name:8} {help}" for name, help in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="wspush",
+        usage="%(prog)s [COMMAND] [options]",
         description="Relay Redis pub/sub messages (PUBLISH <prefix><token> <message>) to "
         "WebSocket and Server-Sent Events clients connected with ?token=<token>.",
-        epilog="Precedence: command line, then environment (and a .env file), then defaults. "
-        "PORT (as on Heroku) means 0.0.0.0:$PORT when no address is set.",
+        epilog=f"commands (wspush COMMAND --help):\n{listed}\n\n{EPILOG}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
+        parents=[settings_parser()],
     )
+    parser.add_argument("--version", action="version", version=f"wspush {__version__}")
+    parser.set_defaults(command="serve")
+    return parser
+
+
+def command_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"wspush {command}",
+        description=COMMANDS[command],
+        epilog=EPILOG,
+        allow_abbrev=False,
+        parents=[settings_parser()],
+    )
+    parser.set_defaults(command=command)
+    if command == "keygen":
+        parser.add_argument(
+            "--bytes",
+            type=int,
+            default=commands.KEY_BYTES,
+            dest="key_bytes",
+            help="random bytes in the key (default %(default)s)",
+        )
+    elif command == "token":
+        parser.add_argument("payload", help="what the token stands for, e.g. a user id")
+    elif command == "publish":
+        parser.add_argument("token", help="the token clients connect with")
+        parser.add_argument("message", help="the message; - reads it from standard input")
+    return parser
+
+
+def settings_parser() -> argparse.ArgumentParser:
+    """Every setting as an option: Go's single-dash flag where it had one, `--long`."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for setting in fields():
         names = [option_name(setting.name)]
         if setting.metadata["go"]:
@@ -73,18 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=setting.metadata["metavar"] or setting.name.upper(),
             choices=setting.metadata["choices"] or None,
         )
-    parser.add_argument("--version", action="version", version=f"wspush {__version__}")
     return parser
 
 
 def parse_settings(argv: Sequence[str] | None) -> Settings:
     """Settings from the command line and environment; exits with one line on bad values."""
-    parser = build_parser()
+    return parse(argv)[0]
+
+
+def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
+    """Settings, and the command with its own arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "serve"
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     load_env_file()
-    overrides = {name: str(value) for name, value in vars(args).items()}
+    names = {setting.name for setting in fields()}
+    overrides = {name: str(value) for name, value in vars(args).items() if name in names}
     try:
-        return Settings.from_env(overrides=overrides)
+        return Settings.from_env(overrides=overrides), args
     except SettingsError as exc:
         parser.exit(EXIT_USAGE, f"wspush: {exc}\n")
 
@@ -109,8 +179,11 @@ class DrainingServer(uvicorn.Server):
 
 def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
     """uvicorn settings that wspush depends on (see README, 'Running under uvicorn')."""
-    return uvicorn.Config(
-        app,  # type: ignore[arg-type]
+    return uvicorn.Config(app, **uvicorn_options(settings))  # type: ignore[arg-type]
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    return dict(
         host=settings.host,
         port=settings.port,
         lifespan="on",
@@ -156,14 +229,17 @@ def start_embedded_redis(settings: Settings) -> EmbeddedRedis | None:
 
 
 def serve(settings: Settings) -> None:
-    app = create_app(settings)
-    tune_garbage_collector()
-    server = DrainingServer(uvicorn_config(settings, app), app.state.relay)
     # uvicorn re-raises the signal that stopped it once it is done; with these no-op
     # handlers in place that ends here, so cleanup below runs and the exit status is 0.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)
-    server.run()  # on uvloop, as uvicorn's loop='auto' picks
+    if settings.workers > 1:
+        serve_workers(settings, uvicorn_options(settings))
+        return
+    app = create_app(settings)
+    tune_garbage_collector()
+    server = DrainingServer(uvicorn_config(settings, app), app.state.relay)
+    server.run()  # on uvloop
     if not server.started:
         raise SystemExit(1)
 
@@ -182,8 +258,10 @@ def tune_garbage_collector() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_settings(argv)
-    configure_logging(settings.log_level)
+    settings, args = parse(argv)
+    if args.command != "serve":
+        return run_command(settings, args)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         embedded = start_embedded_redis(settings)
     except RuntimeError as exc:
@@ -194,4 +272,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
+    return 0
+
+
+def run_command(settings: Settings, args: argparse.Namespace) -> int:
+    """keygen, token, publish or check; 0 on success, 1 with one line on stderr if not."""
+    try:
+        if args.command == "keygen":
+            print(commands.keygen(args.key_bytes))
+        elif args.command == "token":
+            print(commands.token(settings, args.payload))
+        elif args.command == "publish":
+            message = commands.read_message(args.message)
+            receivers = asyncio.run(commands.publish(settings, args.token, message))
+            print(f"published {len(message)} bytes to {receivers} subscriber(s)")
+        elif args.command == "check":
+            return 0 if asyncio.run(commands.check(settings)) else 1
+    except (commands.CommandError, ValueError) as exc:
+        print(f"wspush {args.command}: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from prometheus_client import CollectorRegistry
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -34,6 +36,8 @@ from wspush.hub import (
     Transport,
     counted,
 )
+from wspush.logs import RefusalLog
+from wspush.metrics import metrics_endpoint
 from wspush.protocols import DIRECT_WRITE, DirectWriter
 from wspush.settings import Settings
 from wspush.stats import Stats
@@ -75,8 +79,17 @@ class Refusal(Exception):
 class Endpoints:
     """The routes of one relay, bound to its settings, hub and counters."""
 
-    def __init__(self, settings: Settings, hub: Hub, subscriber: Subscriber, stats: Stats) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub,
+        subscriber: Subscriber,
+        stats: Stats,
+        metrics: CollectorRegistry,
+    ) -> None:
         self.settings = settings
+        self.serve_metrics = metrics_endpoint(metrics)
+        self.refusal_log = RefusalLog()
         self.hub = hub
         self.subscriber = subscriber
         self.stats = stats
@@ -99,6 +112,12 @@ class Endpoints:
             return PlainTextResponse("ready\n")
         reason = "draining\n" if self.hub.draining else "redis subscription is down\n"
         return PlainTextResponse(reason, status_code=503)
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus metrics for a plain GET; an SSE request to /metrics is a client."""
+        if request.method == "GET" and not is_sse_request(request.scope):
+            return await self.serve_metrics(request)
+        return await self.http(request)
 
     async def http(self, request: Request) -> Response:
         """Any other HTTP request: an SSE stream, or a refusal."""
@@ -191,6 +210,10 @@ class Endpoints:
         event = counted(self.stats, message, self.frame(message))
         if event is not None:
             await websocket.send(event)
+            data = event.get("bytes") or event.get("text") or b""
+            self.stats.bytes_sent += len(data)
+            if not message.is_heartbeat:
+                self.hub.latency.observe(time.monotonic() - message.received)
 
     async def _discard_client_frames(self, websocket: WebSocket) -> None:
         """Read what the client sends and drop it, so a close is noticed at once."""
@@ -259,13 +282,14 @@ class Endpoints:
     def _method_not_allowed(self, request: Request) -> Response:
         """405 with `Allow: GET`, as the Go program answers (HEAD and OPTIONS included)."""
         self.stats.refused_method += 1
-        logger.info("refused %s %s: 405", request.method, request.url.path)
+        self.refusal_log.refused("method", "refused %s %s: 405", request.method, request.url.path)
         return method_not_allowed()
 
     def _count_refusal(self, refusal: Refusal, scope: Scope) -> None:
         setattr(self.stats, refusal.counter, getattr(self.stats, refusal.counter) + 1)
         client = scope.get("client")
-        logger.info(
+        self.refusal_log.refused(
+            refusal.counter,
             "refused %s %s from %s: %d %s",
             scope["type"],
             scope["path"],
@@ -319,8 +343,10 @@ async def sse_stream(
         subscription.write_directly(writer, encode)
     queue = subscription.queue
     stats = endpoints.stats
+    latency = endpoints.hub.latency
     while True:
         chunks: list[bytes] = []
+        received: list[float] = []  # arrival times of the messages in this chunk
         message = await queue.get()
         subscription.busy = True
         while True:
@@ -331,11 +357,18 @@ async def sse_stream(
             event = counted(stats, message, message.sse)
             if event is not None:
                 chunks.append(event)
+                if not message.is_heartbeat:
+                    received.append(message.received)
             if queue.empty():
                 break
             message = queue.get_nowait()
         if chunks:
-            yield b"".join(chunks)
+            body = b"".join(chunks)
+            yield body
+            stats.bytes_sent += len(body)
+            now = time.monotonic()
+            for arrival in received:
+                latency.observe(now - arrival)
         if queue.empty():
             subscription.busy = False
 

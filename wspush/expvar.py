@@ -1,37 +1,53 @@
-"""The `-expvar` listener: JSON counters at /debug/vars on a separate address, like Go's
-expvar package, so statistics need not be exposed where clients connect."""
+"""The `-expvar` listener: counters on a separate address, so statistics need not be
+exposed where clients connect. `/debug/vars` is JSON with the Go program's keys (as
+Go's expvar package serves it); `/metrics` is the same data for Prometheus."""
 
 from __future__ import annotations
 
+import socket
 import sys
-from collections.abc import Callable
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from wspush.metrics import SnapshotSource, metrics_endpoint
 from wspush.settings import parse_address
-from wspush.stats import Stats
-
-Gauges = Callable[[], dict[str, int]]
 
 
-def expvar_app(stats: Stats, gauges: Gauges) -> Starlette:
+def expvar_app(source: SnapshotSource, registry: CollectorRegistry) -> Starlette:
     async def debug_vars(request: Request) -> JSONResponse:
-        return JSONResponse({"cmdline": sys.argv, **stats.as_dict(), **gauges()})
+        snapshot = source()
+        return JSONResponse({"cmdline": sys.argv, **snapshot.stats, **snapshot.gauges})
 
-    return Starlette(routes=[Route("/debug/vars", debug_vars)])
+    return Starlette(
+        routes=[
+            Route("/debug/vars", debug_vars),
+            Route("/metrics", metrics_endpoint(registry)),
+        ]
+    )
 
 
 class ExpvarServer:
-    """A second uvicorn server in the same event loop, started and stopped by the relay."""
+    """A second uvicorn server in the same event loop, started and stopped by the relay.
 
-    def __init__(self, address: str, stats: Stats, gauges: Gauges) -> None:
+    With several worker processes, every worker serves it on one socket the supervisor
+    bound (`sock`), and each answers with the figures of all workers.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        source: SnapshotSource,
+        registry: CollectorRegistry,
+        sock: socket.socket | None = None,
+    ) -> None:
         host, port = parse_address("expvar", address)
         config = uvicorn.Config(
-            expvar_app(stats, gauges),
+            expvar_app(source, registry),
             host=host,
             port=port,
             lifespan="off",
@@ -39,12 +55,13 @@ class ExpvarServer:
             access_log=False,
         )
         config.load()
+        self.sock = sock
         self.server = uvicorn.Server(config)
         # Server.startup() expects the lifespan that serve() would have created.
         self.server.lifespan = config.lifespan_class(config)
 
     async def start(self) -> None:
-        await self.server.startup()
+        await self.server.startup(sockets=None if self.sock is None else [self.sock])
 
     async def stop(self) -> None:
         await self.server.shutdown()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -12,6 +11,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from wspush.cors import CORSHeaders
 from wspush.endpoints import AnyMethod, Endpoints
+from wspush.logs import configure_logging
 from wspush.relay import Relay
 from wspush.settings import Settings, load_env_file
 
@@ -28,17 +28,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings is None:
         settings = settings_from_environment()
     relay = Relay(settings)
-    endpoints = Endpoints(settings, relay.hub, relay.subscriber, relay.stats)
+    endpoints = Endpoints(settings, relay.hub, relay.subscriber, relay.stats, relay.metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with relay.lifespan():
             yield
 
+    metrics = [Route("/metrics", AnyMethod(endpoints.metrics))] if settings.metrics else []
     app = Starlette(
         routes=[
             Route("/ping", AnyMethod(endpoints.ping)),
             Route("/ready", AnyMethod(endpoints.ready)),
+            *metrics,
             Route("/{path:path}", AnyMethod(endpoints.http)),
             WebSocketRoute("/{path:path}", endpoints.websocket),
         ],
@@ -49,22 +51,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
-def configure_logging(level: str) -> None:
-    """Log wspush's lines to stderr unless the host application already routes them."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("wspush").setLevel(level.upper())
-    # uvicorn logs every WebSocket open and close at INFO: one line per connection is
-    # noise for a push relay, so its loggers stay at WARNING unless debugging.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).setLevel(uvicorn_log_level(level).upper())
-
-
-def uvicorn_log_level(level: str) -> str:
-    return "debug" if level == "debug" else "warning"
-
-
 def settings_from_environment() -> Settings:
     """Settings from `WSPUSH_*` variables and a `.env` file, with logging set up to match.
 
@@ -72,5 +58,5 @@ def settings_from_environment() -> Settings:
     """
     load_env_file()
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return settings

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import TypeVar
 
 from wspush.protocols import DirectWriter
-from wspush.stats import Stats
+from wspush.stats import LatencyHistogram, Stats
 
 logger = logging.getLogger("wspush.hub")
 
@@ -44,12 +45,14 @@ class Message:
         "_text_frame",
         "is_heartbeat",
         "payload",
+        "received",
         "token",
     )
 
-    def __init__(self, token: bytes, payload: bytes) -> None:
+    def __init__(self, token: bytes, payload: bytes, received: float = 0.0) -> None:
         self.token = token
         self.payload = payload
+        self.received = received  # time.monotonic() when it came from Redis
         self.is_heartbeat = False
         self._text: object = _UNSET
         self._sse: object = _UNSET
@@ -258,17 +261,24 @@ class Subscription:
             if self.on_backlog is not None:
                 self.on_backlog()
 
-    def flush(self) -> None:
-        """Write what `deliver` collected, in one call."""
+    def flush(self) -> int:
+        """Write what `deliver` collected, in one call; returns how many items went out."""
         pending, self.pending = self.pending, None
-        if pending and self.writer is not None and self.writer.is_open():
-            self.writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if not pending or self.writer is None or not self.writer.is_open():
+            return 0
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        self.writer.write(data)
+        self.stats.bytes_sent += len(data)
+        return len(pending)
 
     def write(self, message: Message) -> None:
         """Encode for this connection and write it now (the endpoint's backlog path)."""
         data = self._encode(message)
         if data is not None:
             self.writer.write(data)  # type: ignore[union-attr]
+            self.stats.bytes_sent += len(data)
+            if not message.is_heartbeat:
+                self.batch.latency.observe(time.monotonic() - message.received)
 
     def _encode(self, message: Message) -> bytes | None:
         """This connection's bytes for `message`, counted as delivered or skipped."""
@@ -309,18 +319,26 @@ class WriteBatch:
     trickle in one per read, this costs one callback and adds no waiting.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, latency: LatencyHistogram) -> None:
         self._pending: list[Subscription] = []
+        self._since = 0.0  # when the first write of this batch was queued
+        self.latency = latency
 
     def add(self, subscription: Subscription) -> None:
         if not self._pending:
             asyncio.get_running_loop().call_soon(self.flush)
+            self._since = time.monotonic()
         self._pending.append(subscription)
 
     def flush(self) -> None:
+        """Write every pending connection's bytes; the whole batch is one latency sample
+        per item written (they arrived in one Redis read and left together)."""
         pending, self._pending = self._pending, []
+        written = 0
         for subscription in pending:
-            subscription.flush()
+            written += subscription.flush()
+        if written:
+            self.latency.observe(time.monotonic() - self._since, written)
 
 
 T = TypeVar("T")
@@ -352,6 +370,7 @@ class Hub:
         max_connections: int = 0,
         max_per_ip: int = 0,
         max_drops: int = 0,
+        latency: LatencyHistogram | None = None,
     ) -> None:
         self.max_drops = max_drops
         self.max_per_token = max_per_token
@@ -362,7 +381,8 @@ class Hub:
         self.stats = stats
         self.draining = False
         self.drained = asyncio.Event()  # set once draining and the last connection left
-        self.batch = WriteBatch()
+        self.latency = LatencyHistogram() if latency is None else latency
+        self.batch = WriteBatch(self.latency)
         self._by_token: dict[bytes, list[Subscription]] = {}
 
     def __len__(self) -> int:
@@ -391,8 +411,15 @@ class Hub:
         subscription.max_drops = self.max_drops
         subscriptions.append(subscription)
         self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
-        self.stats.connections_open += 1
+        self._count_open(transport, 1)
         return subscription
+
+    def _count_open(self, transport: Transport, change: int) -> None:
+        self.stats.connections_open += change
+        if transport is Transport.SSE:
+            self.stats.connections_open_sse += change
+        else:
+            self.stats.connections_open_ws += change
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Forget a connection; safe to call more than once."""
@@ -400,7 +427,7 @@ class Hub:
         if subscriptions is None or subscription not in subscriptions:
             return
         subscriptions.remove(subscription)
-        self.stats.connections_open -= 1
+        self._count_open(subscription.transport, -1)
         remaining = self._by_peer.pop(subscription.peer) - 1
         if remaining:
             self._by_peer[subscription.peer] = remaining
@@ -414,7 +441,7 @@ class Hub:
         subscriptions = self._by_token.get(token)
         if subscriptions is None:
             return
-        message = Message(token, payload)
+        message = Message(token, payload, time.monotonic())
         for subscription in subscriptions:
             subscription.deliver(message)
 

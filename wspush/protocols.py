@@ -23,6 +23,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 DIRECT_WRITE = "wspush.direct_write"
 KICK_GRACE = 1.0
+CLOSE_GOING_AWAY = 1001
 
 
 class DirectWriter(Protocol):
@@ -133,3 +134,16 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         extensions[DIRECT_WRITE] = {"writer": WebSocketDirectWriter(self)}
         self.scope["extensions"] = extensions
         await super().run_asgi()
+
+    def shutdown(self) -> None:
+        """Server shutdown: close with 1001 (going away), as the Go program does, where
+        uvicorn says 1012 (service restart). `wspush` drains its clients before this
+        runs; this covers servers that don't (worker processes, a bare `uvicorn`)."""
+        if self.handshake_complete and not self.close_sent:
+            self.stop_keepalive()
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": CLOSE_GOING_AWAY})
+            self.conn.send_close(CLOSE_GOING_AWAY)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+            return
+        super().shutdown()

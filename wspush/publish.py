@@ -10,6 +10,7 @@ does, with the message encoded the way wspush delivers it.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 DEFAULT_PREFIX = "example."
@@ -20,7 +21,7 @@ class SyncPublisher(Protocol):
 
 
 class AsyncPublisher(Protocol):
-    async def publish(self, channel: bytes, message: bytes) -> Any: ...
+    def publish(self, channel: bytes, message: bytes) -> Awaitable[Any]: ...
 
 
 def encode_message(message: str | bytes | Any) -> bytes:

@@ -11,15 +11,19 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse
 
 from wspush.expvar import ExpvarServer
 from wspush.hub import Hub
+from wspush.logs import log_settings
+from wspush.metrics import Snapshot, metrics_registry
 from wspush.settings import Settings
 from wspush.stats import Stats
 from wspush.subscriber import Subscriber
+from wspush.workers import SharedStats
 
 logger = logging.getLogger("wspush")
 
@@ -55,6 +59,26 @@ class Relay:
             tls_verify=settings.redis_tls_verify,
             max_message_size=settings.max_message_size,
         )
+        self.shared_stats: SharedStats | None = None
+        self.expvar_socket: socket.socket | None = None
+        self.metrics = metrics_registry(self.metrics_snapshot)
+
+    def share_stats(self, directory: str, expvar_socket: socket.socket | None) -> None:
+        """Run as one of several workers: publish counters to `directory`, report the sum
+        of all workers', and serve -expvar on the supervisor's socket."""
+        self.shared_stats = SharedStats(directory, self.snapshot)
+        self.expvar_socket = expvar_socket
+
+    def snapshot(self) -> Snapshot:
+        """This process's figures."""
+        return Snapshot.of(self.stats, self.hub.latency, self.gauges())
+
+    def metrics_snapshot(self) -> Snapshot:
+        """What /metrics and /debug/vars report: this process's figures, or every
+        worker's summed."""
+        if self.shared_stats is None:
+            return self.snapshot()
+        return self.shared_stats.combined()
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -67,12 +91,19 @@ class Relay:
             ),
             asyncio.create_task(self._drain_when_server_exits(), name="wspush-exit-watch"),
         ]
-        expvar = ExpvarServer(settings.expvar, self.stats, self.gauges) if settings.expvar else None
-        if expvar is not None:
+        expvar = None
+        if settings.expvar:
+            expvar = ExpvarServer(
+                settings.expvar, self.metrics_snapshot, self.metrics, self.expvar_socket
+            )
             await expvar.start()
-        logger.info("wspush started: %s", settings.describe())
+        log_settings(settings)
         try:
-            yield
+            if self.shared_stats is None:
+                yield
+            else:
+                async with self.shared_stats.publishing():
+                    yield
         finally:
             self.hub.close_all()
             for task in tasks:

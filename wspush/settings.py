@@ -25,6 +25,7 @@ DEFAULT_REDIS = "localhost:6379"
 WS_FRAME_TYPES = ("binary", "text", "auto")
 HMAC_DIGESTS = ("md5", "sha256")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
 _BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
 
 
@@ -210,7 +211,22 @@ class Settings:
         "let `wspush` start a redis-server on 127.0.0.1:6379 when no Redis is configured "
         "and none answers there",
     )
+    metrics: bool = _setting(
+        True,
+        "serve Prometheus metrics at /metrics on the main listener (a plain GET; a "
+        "WebSocket or SSE request to that path is still a client); the -expvar "
+        "listener always serves them",
+    )
+    workers: int = _setting(
+        1,
+        "worker processes sharing the listening socket, each with its own Redis "
+        "subscription and limits (see docs/scaling.md)",
+        metavar="N",
+    )
     log_level: str = _setting("info", "log level", choices=LOG_LEVELS)
+    log_format: str = _setting(
+        "text", "log line format: text, or json (one object per line)", choices=LOG_FORMATS
+    )
 
     # Derived once, here, so nothing downstream parses strings again.
     keys: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
@@ -247,6 +263,7 @@ class Settings:
         _require(self.max_client_message >= 125, "max_client_message", "must be at least 125")
         _require(self.sse_retry >= 0, "sse_retry", "must be 0 or more")
         _require(self.shutdown_timeout > 0, "shutdown_timeout", "must be greater than 0")
+        _require(self.workers >= 1, "workers", "must be at least 1")
         for setting in fields():
             choices = setting.metadata["choices"]
             value = getattr(self, setting.name)

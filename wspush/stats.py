@@ -1,12 +1,34 @@
-"""Counters of what the relay did, kept as plain integers (cheap on the hot path).
+"""Counters of what the relay did, kept as plain numbers (cheap on the hot path).
 
-The first three keep the names the Go program publishes at `/debug/vars`.
+The first three keep the names the Go program publishes at `/debug/vars`. Prometheus
+metrics are made from these when scraped (see `wspush.metrics`), so the hot path never
+touches a metrics library.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+# Upper bounds, in seconds, of the delivery latency histogram's buckets.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 
 
 @dataclass
@@ -15,6 +37,8 @@ class Stats:
     messages_seen: int = 0  # messages received from Redis on the prefix
     successful_deliveries: int = 0  # messages written to a client
     connections_open: int = 0
+    connections_open_ws: int = 0
+    connections_open_sse: int = 0
     refused_bad_token: int = 0
     refused_token_limit: int = 0
     refused_draining: int = 0
@@ -29,9 +53,38 @@ class Stats:
     skipped_invalid_utf8: int = 0  # deliveries skipped: SSE/text needs UTF-8
     skipped_empty: int = 0  # SSE deliveries skipped: an empty message has no SSE form
     heartbeats_sent: int = 0
+    bytes_sent: int = 0  # bytes of messages and heartbeats written to clients
     redis_connects: int = 0
     redis_disconnects: int = 0
     redis_subscribed: int = 0  # 1 while the pattern subscription is live
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
+
+
+# Stats fields that are levels, not running totals.
+GAUGES = frozenset(
+    {"connections_open", "connections_open_ws", "connections_open_sse", "redis_subscribed"}
+)
+
+
+@dataclass
+class LatencyHistogram:
+    """Seconds from a message's arrival from Redis to its write to a client's socket.
+
+    Unlike prometheus-client's Histogram, `observe` takes a count: a batch of writes
+    that left at the same moment is one call, not one per delivery.
+    """
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0  # sum of all observed seconds
+
+    def observe(self, seconds: float, count: int = 1) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += count
+        self.total += seconds * count
+
+    def merge(self, counts: list[int], total: float) -> None:
+        """Add another process's observations (same bounds)."""
+        self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+        self.total += total

@@ -26,6 +26,7 @@ from wspush.stats import Stats
 logger = logging.getLogger("wspush.redis")
 
 CONNECT_TIMEOUT = 5.0
+PROBE_MARK = b"wspush-probe-"
 READ_TIMEOUT = 1.0
 
 
@@ -55,7 +56,7 @@ class Subscriber:
         self.health_interval = health_interval
         # A channel under the prefix whose token is too long for any client: the
         # watchdog publishes here and expects to read it back on the subscription.
-        self.probe_channel = prefix + b"wspush-probe-" + uuid.uuid4().hex.encode() * 2
+        self.probe_channel = prefix + PROBE_MARK + uuid.uuid4().hex.encode() * 2
         self.probe_seen = False
         self.prefix = prefix
         self.hub = hub
@@ -121,6 +122,8 @@ class Subscriber:
         publish = self.hub.publish
         stats = self.stats
         probe = self.probe_channel
+        probe_size = len(probe)
+        probes = self.prefix + PROBE_MARK
         too_large = self.max_message_size
         watchdog = asyncio.create_task(self._watch(pubsub, client), name="wspush-redis-watchdog")
         try:
@@ -129,8 +132,9 @@ class Subscriber:
                 self.replies += 1
                 if response[0] == b"pmessage":
                     channel = response[2]
-                    if channel == probe:
-                        self.probe_seen = True
+                    if len(channel) == probe_size and channel.startswith(probes):
+                        # A health probe: ours, or another relay's on the same Redis.
+                        self.probe_seen = self.probe_seen or channel == probe
                         continue
                     stats.messages_seen += 1
                     data = response[3]
