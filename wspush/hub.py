@@ -261,16 +261,6 @@ class Subscription:
             if self.on_backlog is not None:
                 self.on_backlog()
 
-    def flush(self) -> int:
-        """Write what `deliver` collected, in one call; returns how many items went out."""
-        pending, self.pending = self.pending, None
-        if not pending or self.writer is None or not self.writer.is_open():
-            return 0
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        self.writer.write(data)
-        self.stats.bytes_sent += len(data)
-        return len(pending)
-
     def write(self, message: Message) -> None:
         """Encode for this connection and write it now (the endpoint's backlog path)."""
         data = self._encode(message)
@@ -319,10 +309,11 @@ class WriteBatch:
     trickle in one per read, this costs one callback and adds no waiting.
     """
 
-    def __init__(self, latency: LatencyHistogram) -> None:
+    def __init__(self, latency: LatencyHistogram, stats: Stats) -> None:
         self._pending: list[Subscription] = []
         self._since = 0.0  # when the first write of this batch was queued
         self.latency = latency
+        self.stats = stats
 
     def add(self, subscription: Subscription) -> None:
         if not self._pending:
@@ -331,14 +322,25 @@ class WriteBatch:
         self._pending.append(subscription)
 
     def flush(self) -> None:
-        """Write every pending connection's bytes; the whole batch is one latency sample
-        per item written (they arrived in one Redis read and left together)."""
+        """Write what `deliver` collected for each connection, in one call each.
+
+        The batch is one latency observation, weighted by the items written: they
+        arrived in one Redis read and left together. Totals are kept in locals and
+        added once, as this runs for every connection that got something.
+        """
         pending, self._pending = self._pending, []
-        written = 0
+        items = sent = 0
         for subscription in pending:
-            written += subscription.flush()
-        if written:
-            self.latency.observe(time.monotonic() - self._since, written)
+            collected, subscription.pending = subscription.pending, None
+            writer = subscription.writer
+            if collected and writer is not None and writer.is_open():
+                data = collected[0] if len(collected) == 1 else b"".join(collected)
+                writer.write(data)
+                items += len(collected)
+                sent += len(data)
+        self.stats.bytes_sent += sent
+        if items:
+            self.latency.observe(time.monotonic() - self._since, items)
 
 
 T = TypeVar("T")
@@ -382,7 +384,7 @@ class Hub:
         self.draining = False
         self.drained = asyncio.Event()  # set once draining and the last connection left
         self.latency = LatencyHistogram() if latency is None else latency
-        self.batch = WriteBatch(self.latency)
+        self.batch = WriteBatch(self.latency, stats)
         self._by_token: dict[bytes, list[Subscription]] = {}
 
     def __len__(self) -> int:
