@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
 from wspush.cors import CORSHeaders
+from wspush.demo import demo_routes
 from wspush.endpoints import AnyMethod, Endpoints
 from wspush.relay import Relay
 from wspush.settings import Settings, load_env_file
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/ping", AnyMethod(endpoints.ping)),
             Route("/ready", AnyMethod(endpoints.ready)),
+            *demo_routes(settings),
             Route("/{path:path}", AnyMethod(endpoints.http)),
             WebSocketRoute("/{path:path}", endpoints.websocket),
         ],

@@ -210,6 +210,11 @@ class Settings:
         "let `wspush` start a redis-server on 127.0.0.1:6379 when no Redis is configured "
         "and none answers there",
     )
+    demo: bool = _setting(
+        False,
+        "serve a demo page at GET /demo that shows one token's messages arriving over SSE "
+        "and WebSocket side by side",
+    )
     log_level: str = _setting("info", "log level", choices=LOG_LEVELS)
 
     # Derived once, here, so nothing downstream parses strings again.
