@@ -170,6 +170,30 @@ def test_browser_fifteen_tabs_on_one_token_all_receive_and_a_sixteenth_is_refuse
     assert extra.evaluate("seen") == []
 
 
+def test_browser_holds_a_seventh_eventsource_until_one_of_six_closes(
+    context: BrowserContext,
+    spawn: Callable[..., Wspush],
+    redis_server: RedisServer,
+    token: str,
+) -> None:
+    """What README's demo section warns of: 6 HTTP/1.1 connections per host, and an
+    EventSource holds one for its whole life."""
+    server = spawn("-redis", redis_server.address)
+    page = harness_page(context, server)
+    page.evaluate(
+        """(token) => { window.sources = Array.from({length: 7}, () =>
+             new EventSource("/sse?token=" + encodeURIComponent(token))); }""",
+        token,
+    )
+    wait_js(page, "sources.filter((s) => s.readyState === EventSource.OPEN).length === 6")
+    page.wait_for_timeout(1000)
+    waiting = "sources.filter((s) => s.readyState === EventSource.CONNECTING).length"
+    assert page.evaluate(waiting) == 1
+    page.evaluate("sources.find((s) => s.readyState === EventSource.OPEN).close()")
+    wait_js(page, "sources.filter((s) => s.readyState === EventSource.OPEN).length === 6")
+    assert page.evaluate(waiting) == 0
+
+
 def artifact_path(name: str) -> Path:
     """Where screenshots go: $WSPUSH_TEST_ARTIFACTS, else test-artifacts/ (git-ignored)."""
     directory = Path(os.environ.get("WSPUSH_TEST_ARTIFACTS") or ROOT / "test-artifacts")
