@@ -285,6 +285,7 @@ def test_browser_demo_page_shows_messages_heartbeats_and_reconnects(
         expect(page.locator(f"{pane} li.message .data").last).to_have_text(
             "after the restart", timeout=WAIT_MS
         )
+    page.screenshot(path=str(artifact_path("demo-after-restart.png")))
     # Nothing but the browser's failed attempts while the server was down.
     assert all("ERR_CONNECTION_REFUSED" in error for error in errors), errors
 
