@@ -10,6 +10,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
 from wspush.cors import CORSHeaders
+from wspush.demo import demo_routes
 from wspush.endpoints import AnyMethod, Endpoints
 from wspush.logs import configure_logging
 from wspush.relay import Relay
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/ping", AnyMethod(endpoints.ping)),
             Route("/ready", AnyMethod(endpoints.ready)),
             *metrics,
+            *demo_routes(settings),
             Route("/{path:path}", AnyMethod(endpoints.http)),
             WebSocketRoute("/{path:path}", endpoints.websocket),
         ],

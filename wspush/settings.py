@@ -223,6 +223,11 @@ class Settings:
         "subscription and limits (see docs/scaling.md)",
         metavar="N",
     )
+    demo: bool = _setting(
+        False,
+        "serve a demo page at GET /demo that shows one token's messages arriving over SSE "
+        "and WebSocket side by side",
+    )
     log_level: str = _setting("info", "log level", choices=LOG_LEVELS)
     log_format: str = _setting(
         "text", "log line format: text, or json (one object per line)", choices=LOG_FORMATS

@@ -1,0 +1,324 @@
+"""A real browser against the real relay: headless Chromium (Debian's /usr/bin/chromium,
+driven by Playwright) uses its own EventSource and WebSocket objects, and the demo page.
+
+`.ci/run` installs the chromium package when it is missing; Playwright's own browser
+download is never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from tests.conftest import RedisServer, Wspush, wait_until
+from tests.test_factory import ready, served
+from wspush import Settings, create_app
+
+ROOT = Path(__file__).parent.parent
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags, Chromium's own connections to the (closed)
+# internet make it refuse connections; a fresh profile comes from Playwright's launch().
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 10_000
+MAX_PER_TOKEN = 15  # the default of --max-per-token
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Installed in a page served by the relay (so same-origin): the browser's own clients,
+# recording what they see for the test to wait on.
+HARNESS = """
+() => {
+  window.seen = [];    // [transport, data]
+  window.events = [];  // [transport, event, readyState or close code]
+  window.openSSE = (token) => {
+    const es = new EventSource("/sse?token=" + encodeURIComponent(token));
+    es.onopen = () => events.push(["sse", "open", es.readyState]);
+    es.onerror = () => events.push(["sse", "error", es.readyState]);
+    es.onmessage = (e) => seen.push(["sse", e.data]);
+    window.es = es;
+  };
+  window.openWS = (token) => {
+    const ws = new WebSocket("ws://" + location.host + "/?token=" + encodeURIComponent(token));
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => events.push(["ws", "open", ws.readyState]);
+    ws.onclose = (e) => events.push(["ws", "close", e.code]);
+    ws.onmessage = (e) => seen.push(
+      ["ws", typeof e.data === "string" ? e.data : new TextDecoder().decode(e.data)]);
+    window.ws = ws;
+  };
+  window.count = (transport, event) =>
+    events.filter((e) => e[0] === transport && e[1] === event).length;
+  window.received = (transport, data) =>
+    seen.some((m) => m[0] === transport && m[1] === data);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    context = browser.new_context(viewport={"width": 1280, "height": 820})
+    context.set_default_timeout(WAIT_MS)
+    yield context
+    context.close()
+
+
+def harness_page(context: BrowserContext, server: Wspush) -> Page:
+    """A page on the relay's origin (its empty /ping answer) with the harness installed."""
+    page = context.new_page()
+    page.goto(server.url + "/ping")
+    page.evaluate(HARNESS)
+    return page
+
+
+def wait_js(page: Page, condition: str, timeout: int = WAIT_MS) -> None:
+    page.wait_for_function(condition, timeout=timeout)
+
+
+def test_browser_eventsource_and_websocket_receive_published_messages(
+    context: BrowserContext,
+    spawn: Callable[..., Wspush],
+    redis_server: RedisServer,
+    token: str,
+) -> None:
+    server = spawn("-redis", redis_server.address)
+    page = harness_page(context, server)
+    page.evaluate("(token) => { openSSE(token); openWS(token); }", token)
+    wait_js(page, "count('sse', 'open') === 1 && count('ws', 'open') === 1")
+
+    redis_server.publish(f"example.{token}", "hello, browser")
+    redis_server.publish(f"example.{token}", "line one\nline two")
+    wait_js(page, "received('sse', 'hello, browser') && received('ws', 'hello, browser')")
+    wait_js(page, "received('sse', 'line one\\nline two') && received('ws', 'line one\\nline two')")
+    assert page.evaluate("seen.length") == 4
+
+
+def test_browser_eventsource_reconnects_by_itself_after_a_restart(
+    context: BrowserContext,
+    spawn: Callable[..., Wspush],
+    redis_server: RedisServer,
+    token: str,
+) -> None:
+    server = spawn("-redis", redis_server.address, "--sse-retry", "200")
+    page = harness_page(context, server)
+    page.evaluate("(token) => openSSE(token)", token)
+    wait_js(page, "count('sse', 'open') === 1")
+    redis_server.publish(f"example.{token}", "before")
+    wait_js(page, "received('sse', 'before')")
+
+    assert server.stop() == 0
+    # EventSource.CONNECTING: the browser is retrying, not giving up.
+    wait_js(page, "events.some((e) => e[1] === 'error' && e[2] === EventSource.CONNECTING)")
+    server.start()  # the same port
+
+    wait_js(page, "count('sse', 'open') === 2 && es.readyState === EventSource.OPEN")
+    redis_server.publish(f"example.{token}", "after the restart")
+    wait_js(page, "received('sse', 'after the restart')")
+    assert page.evaluate("es.readyState") == 1
+    assert page.evaluate("count('sse', 'open')") == 2
+
+
+def test_browser_fifteen_tabs_on_one_token_all_receive_and_a_sixteenth_is_refused(
+    context: BrowserContext,
+    spawn: Callable[..., Wspush],
+    redis_server: RedisServer,
+    token: str,
+) -> None:
+    """WebSockets, because a browser allows only 6 HTTP/1.1 connections per host: 15
+    EventSources in one browser would leave 9 waiting for a free connection."""
+    server = spawn("-redis", redis_server.address)
+    tabs = [harness_page(context, server) for _ in range(MAX_PER_TOKEN)]
+    for tab in tabs:
+        tab.evaluate("(token) => openWS(token)", token)
+    for tab in tabs:
+        wait_js(tab, "count('ws', 'open') === 1")
+
+    extra = harness_page(context, server)
+    extra.evaluate("(token) => openWS(token)", token)
+    # Refused with HTTP 429 before the upgrade, which a browser reports as close 1006.
+    wait_js(extra, "count('ws', 'close') === 1")
+    assert extra.evaluate("events") == [["ws", "close", 1006]]
+    wait_until(lambda: "429 token already has 15" in server.log(), 5, "the 429 in the log")
+
+    redis_server.publish(f"example.{token}", "to every tab")
+    for tab in tabs:
+        wait_js(tab, "received('ws', 'to every tab')")
+    assert extra.evaluate("seen") == []
+
+
+def test_browser_holds_a_seventh_eventsource_until_one_of_six_closes(
+    context: BrowserContext,
+    spawn: Callable[..., Wspush],
+    redis_server: RedisServer,
+    token: str,
+) -> None:
+    """What README's demo section warns of: 6 HTTP/1.1 connections per host, and an
+    EventSource holds one for its whole life."""
+    server = spawn("-redis", redis_server.address)
+    page = harness_page(context, server)
+    page.evaluate(
+        """(token) => { window.sources = Array.from({length: 7}, () =>
+             new EventSource("/sse?token=" + encodeURIComponent(token))); }""",
+        token,
+    )
+    wait_js(page, "sources.filter((s) => s.readyState === EventSource.OPEN).length === 6")
+    page.wait_for_timeout(1000)
+    waiting = "sources.filter((s) => s.readyState === EventSource.CONNECTING).length"
+    assert page.evaluate(waiting) == 1
+    page.evaluate("sources.find((s) => s.readyState === EventSource.OPEN).close()")
+    wait_js(page, "sources.filter((s) => s.readyState === EventSource.OPEN).length === 6")
+    assert page.evaluate(waiting) == 0
+
+
+def artifact_path(name: str) -> Path:
+    """Where screenshots go: $WSPUSH_TEST_ARTIFACTS, else test-artifacts/ (git-ignored)."""
+    directory = Path(os.environ.get("WSPUSH_TEST_ARTIFACTS") or ROOT / "test-artifacts")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / name
+
+
+def watch_console(page: Page) -> list[str]:
+    """Console errors of the page (a CSP violation or a script error shows up here)."""
+    errors: list[str] = []
+    page.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors
+
+
+def connect_demo(page: Page, token: str) -> None:
+    page.fill("#token", token)
+    page.click("#connect")
+    for pane in ("#sse", "#ws"):
+        expect(page.locator(f"{pane} .state")).to_have_text("open", timeout=WAIT_MS)
+
+
+def test_browser_demo_page_shows_messages_heartbeats_and_reconnects(
+    context: BrowserContext,
+    spawn: Callable[..., Wspush],
+    redis_server: RedisServer,
+    token: str,
+) -> None:
+    server = spawn(
+        "-redis",
+        redis_server.address,
+        "--demo",
+        "-ping",
+        "heartbeat",
+        "--ping-interval",
+        "1",
+        "--sse-retry",
+        "200",
+    )
+    assert f"demo page on: open http://127.0.0.1:{server.port}/demo" in server.log()
+    page = context.new_page()
+    errors = watch_console(page)
+    page.goto(server.url + "/demo")
+    expect(page.locator("#publish-command")).to_have_text(
+        "redis-cli PUBLISH example.<token> hello", timeout=WAIT_MS
+    )
+    connect_demo(page, token)
+    expect(page.locator("#publish-command")).to_have_text(
+        f"redis-cli PUBLISH example.{token} hello", timeout=WAIT_MS
+    )
+
+    hostile = "<b>not bold</b><img src=x onerror=alert(1)>"
+    for message in ("hello", '{"event": "order.paid", "id": 42}', hostile):
+        redis_server.publish(f"example.{token}", message)
+    for pane in ("#sse", "#ws"):
+        messages = page.locator(f"{pane} li.message .data")
+        expect(messages).to_have_text(
+            ["hello", '{"event": "order.paid", "id": 42}', hostile], timeout=WAIT_MS
+        )
+        expect(page.locator(f"{pane} .messages")).to_have_text("3", timeout=WAIT_MS)
+        # Heartbeats carry the -ping payload: shown apart, never counted as messages.
+        beat = page.locator(f"{pane} li.heartbeat").first
+        beat.wait_for(timeout=WAIT_MS)
+        assert beat.locator(".kind").text_content() == "heartbeat"
+        expect(page.locator(f"{pane} .heartbeats")).not_to_have_text("0", timeout=WAIT_MS)
+        assert page.locator(f"{pane} ol.log b, {pane} ol.log img").count() == 0
+    expect(page.locator("#ws li.message .kind").first).to_have_text("binary 5 B")
+
+    screenshot = artifact_path("demo.png")
+    page.screenshot(path=str(screenshot))
+    data = screenshot.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert len(data) > 10_000
+    assert errors == []
+
+    # A restart: WebSocket shows the 1001 close and this page reconnects it; EventSource
+    # reconnects by itself. Both then get what is published next.
+    assert server.stop() == 0
+    expect(page.locator("#ws .state")).to_have_text("reconnecting", timeout=WAIT_MS)
+    expect(page.locator("#ws .detail")).to_contain_text("1001", timeout=WAIT_MS)
+    expect(page.locator("#sse .state")).to_have_text("reconnecting", timeout=WAIT_MS)
+    server.start()
+    for pane in ("#sse", "#ws"):
+        expect(page.locator(f"{pane} .state")).to_have_text("open", timeout=WAIT_MS)
+    redis_server.publish(f"example.{token}", "after the restart")
+    for pane in ("#sse", "#ws"):
+        expect(page.locator(f"{pane} li.message .data").last).to_have_text(
+            "after the restart", timeout=WAIT_MS
+        )
+    page.screenshot(path=str(artifact_path("demo-after-restart.png")))
+    # Nothing but the browser's failed attempts while the server was down.
+    assert all("ERR_CONNECTION_REFUSED" in error for error in errors), errors
+
+
+def test_browser_demo_page_works_mounted_under_a_path(
+    context: BrowserContext, redis_server: RedisServer, token: str
+) -> None:
+    push = create_app(Settings(redis=redis_server.address, demo=True))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with push.state.relay.lifespan():
+            yield
+
+    parent = Starlette(routes=[Mount("/push", app=push)], lifespan=lifespan)
+    with served(parent) as base:
+        wait_until(lambda: ready(base, "/push/ready"), 10, "mounted wspush subscribed")
+        page = context.new_page()
+        errors = watch_console(page)
+        page.goto(f"http://{base}/push/demo")
+        connect_demo(page, token)
+        expect(page.locator("#sse .url")).to_have_text(
+            f"http://{base}/push/sse?token={token}", timeout=WAIT_MS
+        )
+        expect(page.locator("#ws .url")).to_have_text(
+            f"ws://{base}/push/?token={token}", timeout=WAIT_MS
+        )
+        redis_server.publish(f"example.{token}", "mounted")
+        for pane in ("#sse", "#ws"):
+            expect(page.locator(f"{pane} li.message .data")).to_have_text(
+                ["mounted"], timeout=WAIT_MS
+            )
+        page.click("#disconnect")
+        for pane in ("#sse", "#ws"):
+            expect(page.locator(f"{pane} .state")).to_have_text("closed", timeout=WAIT_MS)
+        assert errors == []
