@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 from websockets.asyncio.client import ClientConnection
@@ -27,7 +28,13 @@ from tests.conftest import (
     wait_until,
 )
 from tests.test_cli import run_wspush
-from wspush.sentinel import SentinelTarget, SentinelURLError, parse_sentinel_url
+from wspush.sentinel import (
+    SentinelPrimary,
+    SentinelTarget,
+    SentinelURLError,
+    parse_sentinel_url,
+    redis_from_url,
+)
 from wspush.settings import Settings, SettingsError, redact_url
 
 pytestmark = pytest.mark.anyio
@@ -279,6 +286,22 @@ def test_the_passwords_of_a_sentinel_url_are_redacted() -> None:
     )
 
 
+async def test_a_tls_sentinel_url_uses_tls_and_the_verify_setting_for_both_layers() -> None:
+    url = "rediss+sentinel://:pw@h1,h2/m?sentinel_password=sp"
+    client = redis_from_url(url, ssl_cert_reqs="none", socket_connect_timeout=2)
+    assert isinstance(client, SentinelPrimary)
+    primary = client.connection_pool
+    assert issubclass(primary.connection_class, SSLConnection)
+    assert primary.connection_kwargs["password"] == "pw"
+    assert primary.connection_kwargs["ssl_cert_reqs"] == "none"
+    for sentinel in client.sentinel_clients:
+        options = sentinel.connection_pool.connection_kwargs
+        assert issubclass(sentinel.connection_pool.connection_class, SSLConnection)
+        assert (options["password"], options["ssl_cert_reqs"]) == ("sp", "none")
+        assert options["socket_timeout"] == 2
+    await client.aclose()
+
+
 # --- against real sentinels ---
 
 
@@ -387,3 +410,4 @@ async def test_wspush_follows_a_failover_to_the_promoted_replica(
     publisher.close()
     log = server.log()
     assert log.count("subscribed to 'example.*' at redis+sentinel://127.0.0.1:") == 2, log
+    assert log.count(" ERROR ") == 1, log  # once per outage, not once per retry
