@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wspush.publish import apublish
+from wspush.sentinel import redis_from_url
 from wspush.settings import Settings, redact_url
 from wspush.subscriber import pattern_for
 from wspush.tokens import sign
@@ -43,11 +44,14 @@ class CommandError(Exception):
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
-    """A client for the server's Redis, with the server's TLS choice."""
+    """A client for the server's Redis (a Sentinel's primary too), with its TLS choice."""
     options: dict[str, Any] = {}
-    if settings.redis_url.startswith("rediss:") and not settings.redis_tls_verify:
+    if (
+        settings.redis_url.startswith(("rediss:", "rediss+sentinel:"))
+        and not settings.redis_tls_verify
+    ):
         options["ssl_cert_reqs"] = "none"
-    return aioredis.Redis.from_url(
+    return redis_from_url(
         settings.redis_url,
         socket_connect_timeout=CHECK_TIMEOUT,
         socket_timeout=CHECK_TIMEOUT,

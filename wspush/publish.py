@@ -5,6 +5,13 @@ does, with the message encoded the way wspush delivers it.
     r = redis.Redis.from_url("redis://localhost:6379")
     wspush.publish(r, token, {"type": "order-shipped", "id": 42})   # JSON
     await wspush.apublish(async_redis, token, "hello")               # redis.asyncio
+
+Behind Redis Sentinel, publish through a client of the current primary (redis-py asks the
+sentinels again after a failover); `redis.asyncio.sentinel.Sentinel` works the same way:
+
+    from redis.sentinel import Sentinel
+    sentinel = Sentinel([("s1", 26379), ("s2", 26379)], sentinel_kwargs={"password": "..."})
+    wspush.publish(sentinel.master_for("mymaster", password="..."), token, "hello")
 """
 
 from __future__ import annotations
@@ -46,12 +53,12 @@ def publish(
     client: SyncPublisher, token: str | bytes, message: Any, prefix: str | bytes = DEFAULT_PREFIX
 ) -> int:
     """Publish with a redis-py client; returns how many subscribers Redis reached
-    (wspush processes, not browsers)."""
+    (wspush processes, not browsers). Behind Sentinel, pass `Sentinel(...).master_for(name)`."""
     return int(client.publish(channel_for(token, prefix), encode_message(message)))
 
 
 async def apublish(
     client: AsyncPublisher, token: str | bytes, message: Any, prefix: str | bytes = DEFAULT_PREFIX
 ) -> int:
-    """`publish` for a `redis.asyncio` client."""
+    """`publish` for a `redis.asyncio` client (or `redis.asyncio.sentinel`'s `master_for`)."""
     return int(await client.publish(channel_for(token, prefix), encode_message(message)))

@@ -21,6 +21,8 @@ from typing import Any
 
 from dotenv import load_dotenv
 
+from wspush.sentinel import SentinelURLError, is_sentinel_url, parse_sentinel_url
+
 DEFAULT_REDIS = "localhost:6379"
 WS_FRAME_TYPES = ("binary", "text", "auto")
 HMAC_DIGESTS = ("md5", "sha256")
@@ -82,7 +84,8 @@ class Settings:
     )
     redis: str | None = _setting(
         None,
-        "Redis to subscribe to: host:port, or a redis://, rediss:// or unix:// URL "
+        "Redis to subscribe to: host:port, or a redis://, rediss:// or unix:// URL, "
+        "or redis+sentinel://[:password@]host:26379,host2:26379/master-name for Sentinel "
         f"(also read from REDIS_URL; default {DEFAULT_REDIS}, where `wspush` starts an "
         "embedded redis-server if nothing answers)",
         go=True,
@@ -373,11 +376,21 @@ def parse_address(name: str, value: str) -> tuple[str, int]:
 
 
 def redis_url(name: str, value: str) -> str:
-    """Accept Go's `host:port` as well as redis://, rediss:// and unix:// URLs."""
+    """Accept Go's `host:port` as well as redis://, rediss://, unix:// and sentinel URLs."""
+    if is_sentinel_url(value):
+        try:
+            parse_sentinel_url(value)
+        except SentinelURLError as exc:
+            raise SettingsError(name, f"{redact_url(value)!r}: {exc}") from None
+        return value
     if "://" in value:
         scheme = value.split("://", 1)[0].lower()
         if scheme not in ("redis", "rediss", "unix"):
-            raise SettingsError(name, f"unsupported scheme {scheme!r} in {redact_url(value)!r}")
+            raise SettingsError(
+                name,
+                f"unsupported scheme {scheme!r} in {redact_url(value)!r} "
+                "(use redis, rediss, unix, redis+sentinel or rediss+sentinel)",
+            )
         return value
     host, port = parse_address(name, value)
     if ":" in host:
@@ -386,7 +399,8 @@ def redis_url(name: str, value: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """Hide the password of a redis URL for logs."""
+    """Hide the passwords of a redis URL for logs (a sentinel URL has one in its query)."""
+    url = re.sub(r"([?&][a-z_]*password=)[^&#]*", r"\1***", url)
     return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", url)
 
 

@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from wspush.hub import Hub
+from wspush.sentinel import redis_from_url
 from wspush.settings import redact_url
 from wspush.stats import Stats
 
@@ -83,9 +84,9 @@ class Subscriber:
         options: dict[str, Any] = {}
         if not self.url.startswith("unix:"):
             options["socket_keepalive"] = True
-        if self.url.startswith("rediss:") and not self.tls_verify:
+        if self.url.startswith(("rediss:", "rediss+sentinel:")) and not self.tls_verify:
             options["ssl_cert_reqs"] = "none"
-        client = aioredis.Redis.from_url(
+        client = redis_from_url(
             self.url,
             socket_connect_timeout=CONNECT_TIMEOUT,
             **options,
