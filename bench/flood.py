@@ -677,6 +677,28 @@ def report_lines(cond: Json, fig: Json, reps: int) -> Iterator[str]:
         )
 
 
+def rep_lines(reps: list[Json]) -> Iterator[str]:
+    """The figures that vary most between repetitions, one line per repetition."""
+    if len(reps) < 2:
+        return
+    yield "per repetition"
+    for i, fig in enumerate(reps, 1):
+        yield (
+            f"  {i}: cuts {num(fig['redis_obl_cuts_log'])}, omem peak "
+            f"{num(fig['peak_omem_mb'], 1)} MB, reached subscriber "
+            f"{num(ratio(fig['flood_reached_subscriber'], fig['flood_published']), 3)}, "
+            f"flooded ratio {num(fig['flooded_ratio'], 4)}, RSS peak {num(fig['rss_peak_mb'], 1)}"
+            f" MB, after-flood probe p50/p99/max {num(fig['after_p50_ms'], 2)}/"
+            f"{num(fig['after_p99_ms'], 2)}/{num(fig['after_max_ms'], 2)} ms"
+            + (
+                f" (control {num(fig['control_p50_ms'], 2)}/{num(fig['control_p99_ms'], 2)}/"
+                f"{num(fig['control_max_ms'], 2)})"
+                if "control_p50_ms" in fig
+                else ""
+            )
+        )
+
+
 def ratio(part: Any, whole: Any) -> float | None:
     return part / whole if part is not None and whole else None
 
@@ -715,16 +737,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, int, bool]:
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the finally blocks stop every child."""
+    """SIGTERM unwinds like Ctrl-C, so the finally blocks stop every child.
+
+    SIGINT gets Python's handler back too: a shell starts background jobs with it ignored.
+    """
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def prepare() -> None:
@@ -754,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
     if as_json:
         print(json.dumps({"conditions": cond, "median": figures, "reps": results}))
     else:
-        print("\n".join(report_lines(cond, figures, reps)))
+        print("\n".join([*report_lines(cond, figures, reps), *rep_lines(results)]))
     return 0
 
 
