@@ -79,7 +79,8 @@ PAYLOAD = 64
 # "# " marks a warning): "<pid>:M 29 Nov 2026 00:32:01.395 # Client id=4 ... scheduled
 # to be closed ASAP for overcoming of output buffer limits."
 OBL_LOG = re.compile(
-    r"^\d+:\w (\d+ \w+ \d+ [\d:.]+) # Client .*overcoming of output buffer limits", re.M
+    r"^\d+:\w (\d+ \w+ \d+ [\d:.]+) # Client .* omem=(\d+) .*overcoming of output buffer limits",
+    re.M,
 )
 
 Json = dict[str, Any]
@@ -271,13 +272,21 @@ def redis_figures(client: redis.Redis) -> Json:
     }
 
 
-def buffer_limit_cuts(log: Path, since: float) -> list[float]:
-    """Seconds after `since` (a time.time()) of each cut Redis logged for the buffer limit."""
+@dataclass(frozen=True)
+class Cut:
+    """Redis closing the subscriber for its output buffer: when, and the buffer then."""
+
+    after_s: float  # seconds after the flood started
+    omem: int
+
+
+def buffer_limit_cuts(log: Path, since: float) -> list[Cut]:
+    """The cuts Redis logged for the buffer limit; `since` is the flood's time.time()."""
     cuts = []
-    for stamp in OBL_LOG.findall(log.read_text(errors="replace")):
+    for stamp, omem in OBL_LOG.findall(log.read_text(errors="replace")):
         seconds, _, millis = stamp.partition(".")
         wall = time.mktime(time.strptime(seconds, "%d %b %Y %H:%M:%S")) + float(f"0.{millis}")
-        cuts.append(wall - since)
+        cuts.append(Cut(wall - since, int(omem)))
     return cuts
 
 
@@ -302,6 +311,11 @@ class Run:
     wspush: subprocess.Popen[bytes] | None = None
     redis_client: redis.Redis | None = None
     samplers: dict[str, Sampler] = field(default_factory=dict)
+
+    def subscriber_buffer(self) -> int:
+        """The subscriber's output buffer in Redis now (bytes)."""
+        assert self.redis_client is not None
+        return int(redis_figures(self.redis_client)["omem"])
 
     def vars(self) -> Json:
         """wspush's counters now (retried: a flooded wspush answers slowly)."""
@@ -525,6 +539,7 @@ def measure(run: Run) -> Json:
     rss_before = rss_kb(run.wspush.pid)
     t_flood, wall_flood = time.monotonic(), time.time()
     flood = publish(run, "flood", "t%d", 0, run.cfg.duration)
+    left = retry(run.subscriber_buffer, 10.0, "redis CLIENT LIST")
     time.sleep(run.cfg.after)
     after = probe_phase(run, probe)
     t_end = time.monotonic()
@@ -554,9 +569,11 @@ def measure(run: Run) -> Json:
         "wspush_redis_disconnects": delta.get("redis_disconnects"),
         "wspush_redis_connects": delta.get("redis_connects"),
         "redis_obl_cuts_log": len(cuts),
-        "first_cut_s": min(cuts, default=None),
+        "first_cut_s": min((c.after_s for c in cuts), default=None),
         "redis_obl_cuts_stat": None if obl_end is None else obl_end - (obl_before or 0),
         "peak_omem_mb": max(omem, default=0) / 2**20,
+        "omem_at_cut_mb": max((c.omem for c in cuts), default=0) / 2**20,
+        "omem_flood_end_mb": left / 2**20,
         "rss_idle_mb": rss_idle / 1024,
         "rss_before_flood_mb": rss_before / 1024,
         "rss_peak_mb": peak_rss / 1024,
@@ -653,7 +670,11 @@ def report_lines(cond: Json, fig: Json, reps: int) -> Iterator[str]:
         f"+{num(fig['wspush_redis_connects'])}; first cut {num(fig['first_cut_s'], 2)} s "
         "into the flood"
     )
-    yield (f"  omem peak    {num(fig['peak_omem_mb'], 1)} MB of the {PUBSUB_HARD_MB} MB hard limit")
+    yield (
+        f"  omem         peak sampled {num(fig['peak_omem_mb'], 1)} MB, at a cut "
+        f"{num(fig['omem_at_cut_mb'], 1)} MB (hard limit {PUBSUB_HARD_MB} MB); left in Redis "
+        f"when the flood stopped {num(fig['omem_flood_end_mb'], 1)} MB"
+    )
     yield (
         f"  wspush RSS   idle {num(fig['rss_idle_mb'], 1)} MB, before flood "
         f"{num(fig['rss_before_flood_mb'], 1)} MB, peak {num(fig['rss_peak_mb'], 1)} MB, "
@@ -685,7 +706,8 @@ def rep_lines(reps: list[Json]) -> Iterator[str]:
     for i, fig in enumerate(reps, 1):
         yield (
             f"  {i}: cuts {num(fig['redis_obl_cuts_log'])}, omem peak "
-            f"{num(fig['peak_omem_mb'], 1)} MB, reached subscriber "
+            f"{num(fig['peak_omem_mb'], 1)} MB, at flood end {num(fig['omem_flood_end_mb'], 1)}"
+            " MB, reached subscriber "
             f"{num(ratio(fig['flood_reached_subscriber'], fig['flood_published']), 3)}, "
             f"flooded ratio {num(fig['flooded_ratio'], 4)}, RSS peak {num(fig['rss_peak_mb'], 1)}"
             f" MB, after-flood probe p50/p99/max {num(fig['after_p50_ms'], 2)}/"
