@@ -312,10 +312,10 @@ class Run:
     redis_client: redis.Redis | None = None
     samplers: dict[str, Sampler] = field(default_factory=dict)
 
-    def subscriber_buffer(self) -> int:
-        """The subscriber's output buffer in Redis now (bytes)."""
+    def subscriber(self) -> Json:
+        """Redis's view of the subscriber now: its output buffer and whether it exists."""
         assert self.redis_client is not None
-        return int(redis_figures(self.redis_client)["omem"])
+        return redis_figures(self.redis_client)
 
     def vars(self) -> Json:
         """wspush's counters now (retried: a flooded wspush answers slowly)."""
@@ -539,7 +539,7 @@ def measure(run: Run) -> Json:
     rss_before = rss_kb(run.wspush.pid)
     t_flood, wall_flood = time.monotonic(), time.time()
     flood = publish(run, "flood", "t%d", 0, run.cfg.duration)
-    left = retry(run.subscriber_buffer, 10.0, "redis CLIENT LIST")
+    left = retry(run.subscriber, 10.0, "redis CLIENT LIST")
     time.sleep(run.cfg.after)
     after = probe_phase(run, probe)
     t_end = time.monotonic()
@@ -573,7 +573,8 @@ def measure(run: Run) -> Json:
         "redis_obl_cuts_stat": None if obl_end is None else obl_end - (obl_before or 0),
         "peak_omem_mb": max(omem, default=0) / 2**20,
         "omem_at_cut_mb": max((c.omem for c in cuts), default=0) / 2**20,
-        "omem_flood_end_mb": left / 2**20,
+        "omem_flood_end_mb": left["omem"] / 2**20,
+        "subscribed_at_flood_end": left["subscribers"],
         "rss_idle_mb": rss_idle / 1024,
         "rss_before_flood_mb": rss_before / 1024,
         "rss_peak_mb": peak_rss / 1024,
@@ -673,7 +674,8 @@ def report_lines(cond: Json, fig: Json, reps: int) -> Iterator[str]:
     yield (
         f"  omem         peak sampled {num(fig['peak_omem_mb'], 1)} MB, at a cut "
         f"{num(fig['omem_at_cut_mb'], 1)} MB (hard limit {PUBSUB_HARD_MB} MB); left in Redis "
-        f"when the flood stopped {num(fig['omem_flood_end_mb'], 1)} MB"
+        f"when the flood stopped {num(fig['omem_flood_end_mb'], 1)} MB (subscribers then: "
+        f"{num(fig['subscribed_at_flood_end'])})"
     )
     yield (
         f"  wspush RSS   idle {num(fig['rss_idle_mb'], 1)} MB, before flood "
@@ -707,7 +709,7 @@ def rep_lines(reps: list[Json]) -> Iterator[str]:
         yield (
             f"  {i}: cuts {num(fig['redis_obl_cuts_log'])}, omem peak "
             f"{num(fig['peak_omem_mb'], 1)} MB, at flood end {num(fig['omem_flood_end_mb'], 1)}"
-            " MB, reached subscriber "
+            f" MB ({num(fig['subscribed_at_flood_end'])} subscribed), reached subscriber "
             f"{num(ratio(fig['flood_reached_subscriber'], fig['flood_published']), 3)}, "
             f"flooded ratio {num(fig['flooded_ratio'], 4)}, RSS peak {num(fig['rss_peak_mb'], 1)}"
             f" MB, after-flood probe p50/p99/max {num(fig['after_p50_ms'], 2)}/"
