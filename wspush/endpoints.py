@@ -37,7 +37,7 @@ from wspush.hub import (
 from wspush.protocols import DIRECT_WRITE, DirectWriter
 from wspush.settings import Settings
 from wspush.stats import Stats
-from wspush.subscriber import Subscriber
+from wspush.subscriber import RedisSubscriber
 from wspush.tokens import TokenError, authorize
 
 logger = logging.getLogger("wspush.endpoints")
@@ -75,7 +75,9 @@ class Refusal(Exception):
 class Endpoints:
     """The routes of one relay, bound to its settings, hub and counters."""
 
-    def __init__(self, settings: Settings, hub: Hub, subscriber: Subscriber, stats: Stats) -> None:
+    def __init__(
+        self, settings: Settings, hub: Hub, subscriber: RedisSubscriber, stats: Stats
+    ) -> None:
         self.settings = settings
         self.hub = hub
         self.subscriber = subscriber
@@ -118,6 +120,11 @@ class Endpoints:
         except Refusal as refusal:
             self._count_refusal(refusal, request.scope)
             return refusal_response(refusal)
+        try:
+            await self.subscriber.wait_subscribed(token)
+        except BaseException:
+            self.hub.unsubscribe(subscription)
+            raise
         return SSEResponse(self, subscription, request.scope)
 
     # -- WebSocket ----------------------------------------------------------------------
@@ -141,6 +148,7 @@ class Endpoints:
                 drainer = asyncio.create_task(self._send_queued(websocket, subscription, writer))
 
         try:
+            await self.subscriber.wait_subscribed(token)  # exact mode: see wspush/interest.py
             await websocket.accept()
             # Pre-encoded frames are uncompressed: with compression on, frames go through
             # the server, which compresses each one for its connection.

@@ -12,10 +12,13 @@ import logging
 import struct
 from collections.abc import Callable, Iterator
 from enum import StrEnum
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from wspush.protocols import DirectWriter
 from wspush.stats import Stats
+
+if TYPE_CHECKING:
+    from wspush.interest import Interest
 
 logger = logging.getLogger("wspush.hub")
 
@@ -364,6 +367,8 @@ class Hub:
         self.drained = asyncio.Event()  # set once draining and the last connection left
         self.batch = WriteBatch()
         self._by_token: dict[bytes, list[Subscription]] = {}
+        # Told of each token's first and last connection (exact subscribe mode).
+        self.interest: Interest | None = None
 
     def __len__(self) -> int:
         return self.stats.connections_open
@@ -390,6 +395,8 @@ class Hub:
         subscription.peer = peer
         subscription.max_drops = self.max_drops
         subscriptions.append(subscription)
+        if len(subscriptions) == 1 and self.interest is not None:
+            self.interest.first_client(token)
         self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
         self.stats.connections_open += 1
         return subscription
@@ -406,6 +413,8 @@ class Hub:
             self._by_peer[subscription.peer] = remaining
         if not subscriptions:
             del self._by_token[subscription.token]
+            if self.interest is not None:
+                self.interest.last_client(subscription.token)
             if self.draining and not self._by_token:
                 self.drained.set()
 

@@ -15,11 +15,13 @@ from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse
 
+from wspush.cluster import ClusterSubscriber
 from wspush.expvar import ExpvarServer
 from wspush.hub import Hub
+from wspush.interest import Interest
 from wspush.settings import Settings
 from wspush.stats import Stats
-from wspush.subscriber import Subscriber
+from wspush.subscriber import EXACT, PATTERN, RedisSubscriber, Subscriber
 
 logger = logging.getLogger("wspush")
 
@@ -46,7 +48,25 @@ class Relay:
             max_per_ip=settings.max_per_ip,
             max_drops=settings.max_drops,
         )
-        self.subscriber = Subscriber(
+        self.subscriber = self._subscriber()
+
+    def _subscriber(self) -> RedisSubscriber:
+        """The Redis side the settings ask for: pattern or exact, one server or a cluster."""
+        settings = self.settings
+        interest = Interest() if settings.subscribe_mode == "exact" else None
+        self.hub.interest = interest
+        if settings.redis_cluster:
+            return ClusterSubscriber(
+                settings.redis_url,
+                settings.prefix_bytes,
+                self.hub,
+                self.stats,
+                interest=interest,
+                health_interval=settings.redis_health_interval,
+                tls_verify=settings.redis_tls_verify,
+                max_message_size=settings.max_message_size,
+            )
+        subscriber = Subscriber(
             settings.redis_url,
             settings.prefix_bytes,
             self.hub,
@@ -54,7 +74,12 @@ class Relay:
             health_interval=settings.redis_health_interval,
             tls_verify=settings.redis_tls_verify,
             max_message_size=settings.max_message_size,
+            commands=PATTERN if interest is None else EXACT,
+            interest=interest,
         )
+        if interest is not None:
+            interest.route = lambda token: subscriber.link
+        return subscriber
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
