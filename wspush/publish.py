@@ -5,6 +5,10 @@ does, with the message encoded the way wspush delivers it.
     r = redis.Redis.from_url("redis://localhost:6379")
     wspush.publish(r, token, {"type": "order-shipped", "id": 42})   # JSON
     await wspush.apublish(async_redis, token, "hello")               # redis.asyncio
+
+With `sharded=True` they send SPUBLISH (Redis 7+), which a wspush in exact subscribe
+mode on a Redis Cluster needs (see docs/scaling.md); pass a `redis.RedisCluster` so
+the command goes to the node that serves the channel's slot.
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ DEFAULT_PREFIX = "example."
 class SyncPublisher(Protocol):
     def publish(self, channel: bytes, message: bytes) -> Any: ...
 
+    def spublish(self, shard_channel: bytes, message: bytes) -> Any: ...
+
 
 class AsyncPublisher(Protocol):
     async def publish(self, channel: bytes, message: bytes) -> Any: ...
+
+    async def spublish(self, shard_channel: bytes, message: bytes) -> Any: ...
 
 
 def encode_message(message: str | bytes | Any) -> bytes:
@@ -42,15 +50,30 @@ def channel_for(token: str | bytes, prefix: str | bytes = DEFAULT_PREFIX) -> byt
 
 
 def publish(
-    client: SyncPublisher, token: str | bytes, message: Any, prefix: str | bytes = DEFAULT_PREFIX
+    client: SyncPublisher,
+    token: str | bytes,
+    message: Any,
+    prefix: str | bytes = DEFAULT_PREFIX,
+    *,
+    sharded: bool = False,
 ) -> int:
     """Publish with a redis-py client; returns how many subscribers Redis reached
-    (wspush processes, not browsers)."""
-    return int(client.publish(channel_for(token, prefix), encode_message(message)))
+    (wspush processes, not browsers; on a cluster, only those on the node it reached).
+
+    `sharded=True` sends SPUBLISH, for wspush in exact mode on a Redis Cluster.
+    """
+    send = client.spublish if sharded else client.publish
+    return int(send(channel_for(token, prefix), encode_message(message)))
 
 
 async def apublish(
-    client: AsyncPublisher, token: str | bytes, message: Any, prefix: str | bytes = DEFAULT_PREFIX
+    client: AsyncPublisher,
+    token: str | bytes,
+    message: Any,
+    prefix: str | bytes = DEFAULT_PREFIX,
+    *,
+    sharded: bool = False,
 ) -> int:
-    """`publish` for a `redis.asyncio` client."""
-    return int(await client.publish(channel_for(token, prefix), encode_message(message)))
+    """`publish` for a `redis.asyncio` client (`redis.asyncio.RedisCluster` included)."""
+    send = client.spublish if sharded else client.publish
+    return int(await send(channel_for(token, prefix), encode_message(message)))

@@ -178,11 +178,12 @@ class Subscriber:
             else:
                 await pubsub.execute_command(self.commands.subscribe, self.probe_channel)
             await self._await_confirmation(pubsub)
+            if self.interest is not None:
+                self.link = Link(self.interest, self.owns)
             self._came_up()
-            if self.interest is None:
+            if self.link is None:
                 await self._relay(pubsub, client)
             else:
-                self.link = Link(self.interest, self.owns)
                 await self._relay_exact(pubsub, client, self.link)
         finally:
             self.link = None
@@ -358,10 +359,10 @@ class Subscriber:
         self.stats.redis_subscribed = 1
         self.stats.redis_connects += 1
         self._failing = False
-        if self.interest is None:
+        if self.link is None:
             what = repr(pattern_for(self.prefix).decode(errors="replace"))
         else:
-            what = f"the channels of {len(self.interest.wanted)} token(s) with clients"
+            what = f"the channels of {len(self.link.dirty)} token(s) with clients"
             what += " (sharded)" if self.commands.per_slot else ""
         logger.info("redis: subscribed to %s at %s", what, redact_url(self.url))
         if self.on_change is not None:
