@@ -32,8 +32,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.cluster import LocalCluster  # noqa: E402
-from tests.conftest import RedisServer, Wspush, free_port  # noqa: E402
+from tests.cluster import LocalCluster
+from tests.conftest import RedisServer, Wspush, free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -114,10 +114,11 @@ async def run_mode(args: argparse.Namespace, mode: str, workdir: Path) -> dict[s
             round(cpu_seconds(i.process.pid) - b, 2)  # type: ignore[union-attr]
             for i, b in zip(instances, before_cpu, strict=True)
         ]
-        seen = [
-            httpx.get(f"http://127.0.0.1:{p}/debug/vars", timeout=5).json()["messages_seen"]
-            for p in expvar_ports
-        ]
+        async with httpx.AsyncClient(timeout=5) as http:
+            seen = [
+                (await http.get(f"http://127.0.0.1:{p}/debug/vars")).json()["messages_seen"]
+                for p in expvar_ports
+            ]
         result: dict[str, object] = {
             "mode": mode,
             "cluster": bool(cluster),
@@ -130,9 +131,7 @@ async def run_mode(args: argparse.Namespace, mode: str, workdir: Path) -> dict[s
         }
         if cluster:
             after = bus_messages(cluster)
-            result["cluster_bus_pubsub_messages"] = {
-                k: after[k] - before_bus[k] for k in after
-            }
+            result["cluster_bus_pubsub_messages"] = {k: after[k] - before_bus[k] for k in after}
         return result
     finally:
         for socket in sockets:
