@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import pytest
@@ -215,27 +214,6 @@ async def test_health_probe_works_in_exact_mode(
     async with websocket(server.ws_url("probed")) as ws:
         fresh_redis.publish("example.probed", "fine")
         assert await receive(ws) == b"fine"
-
-
-async def test_an_acl_user_limited_to_the_prefix_in_exact_mode(
-    spawn: Callable[..., Wspush], tmp_path: Path
-) -> None:
-    """The ACL docs/scaling.md gives for exact mode is enough."""
-    redis = RedisServer(
-        tmp_path / "acl", None,
-        "--user", "relay", "on", ">relay-pw", "resetchannels", "&example.*",
-        "+subscribe", "+unsubscribe", "+ping", "+publish", "+client|setname",
-    ).start()  # fmt: skip
-    try:
-        server = spawn("-redis", f"redis://relay:relay-pw@127.0.0.1:{redis.port}", *EXACT)
-        async with websocket(server.ws_url("acl")) as ws:
-            redis.publish("example.acl", "via an ACL user")
-            assert await receive(ws) == b"via an ACL user"
-        wait_until(lambda: channels(redis) == set(), 5, "the channel to go")
-        assert "ERROR" not in server.log()
-        assert "WARNING" not in server.log()
-    finally:
-        redis.kill()
 
 
 @pytest.mark.parametrize("mode", ["pattern", "exact"])

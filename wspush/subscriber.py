@@ -181,10 +181,7 @@ class Subscriber:
             if self.interest is not None:
                 self.link = Link(self.interest, self.owns)
             self._came_up()
-            if self.link is None:
-                await self._relay(pubsub, client)
-            else:
-                await self._relay_exact(pubsub, client, self.link)
+            await self._relay(pubsub, client, self.link)
         finally:
             self.link = None
             self._mark_down()
@@ -197,43 +194,15 @@ class Subscriber:
                 if message is not None and message["type"] == self.commands.subscribed.decode():
                     return
 
-    async def _relay(self, pubsub: Any, client: aioredis.Redis) -> None:
-        """The hot loop: one pmessage -> one hub.publish, nothing else.
+    async def _relay(self, pubsub: Any, client: aioredis.Redis, link: Link | None) -> None:
+        """The hot loop: one message -> one hub.publish; in exact mode, also the
+        confirmations of the link's (UN)SUBSCRIBE commands.
 
         It reads the connection directly, with no timeout per read (redis-py's
         get_message() builds a dict and arms a timer for every message); the watchdog
-        beside it notices a connection that has gone silent.
-        """
-        read = pubsub.connection.read_response
-        cut = len(self.prefix)
-        publish = self.hub.publish
-        stats = self.stats
-        probe = self.probe_channel
-        too_large = self.max_message_size
-        watchdog = asyncio.create_task(self._watch(pubsub, client), name="wspush-redis-watchdog")
-        try:
-            while True:
-                response = await read(timeout=math.inf)
-                self.replies += 1
-                if response[0] == b"pmessage":
-                    channel = response[2]
-                    if channel == probe:
-                        self.probe_seen = True
-                        continue
-                    stats.messages_seen += 1
-                    data = response[3]
-                    if len(data) > too_large:
-                        self._drop_too_large(channel, len(data))
-                        continue
-                    publish(channel[cut:], data)
-        finally:
-            watchdog.cancel()
-
-    async def _relay_exact(self, pubsub: Any, client: aioredis.Redis, link: Link) -> None:
-        """The hot loop of exact mode: messages to the hub, confirmations to the link.
-
-        Beside it, the flusher sends the link's batches of (UN)SUBSCRIBE commands on the
-        same connection: Redis answers them in order, between messages.
+        beside it notices a connection that has gone silent. In exact mode the flusher
+        beside it sends the link's batches on the same connection, and Redis answers
+        them in order, between messages.
         """
         connection = pubsub.connection
         read = connection.read_response
@@ -242,35 +211,33 @@ class Subscriber:
         stats = self.stats
         probe = self.probe_channel
         too_large = self.max_message_size
-        message, subscribed, unsubscribed = (
-            self.commands.message,
-            self.commands.subscribed,
-            self.commands.unsubscribed,
-        )
-        replied = link.replied
-        helpers = [
-            asyncio.create_task(self._watch(pubsub, client), name="wspush-redis-watchdog"),
-            asyncio.create_task(self._flush(link, connection), name="wspush-redis-subscriptions"),
-        ]
+        commands = self.commands
+        message, subscribed, unsubscribed = commands.message, commands.subscribed, b""
+        at = 2 if commands is PATTERN else 1  # pmessage has the pattern first
+        helpers = [asyncio.create_task(self._watch(pubsub, client), name="wspush-redis-watchdog")]
+        if link is not None:
+            unsubscribed = commands.unsubscribed
+            flusher = self._flush(link, connection)
+            helpers.append(asyncio.create_task(flusher, name="wspush-redis-subscriptions"))
         try:
             while True:
                 response = await read(timeout=math.inf)
                 self.replies += 1
                 kind = response[0]
                 if kind == message:
-                    channel = response[1]
+                    channel = response[at]
                     if channel == probe:
                         self.probe_seen = True
                         continue
                     stats.messages_seen += 1
-                    data = response[2]
+                    data = response[at + 1]
                     if len(data) > too_large:
                         self._drop_too_large(channel, len(data))
                         continue
                     publish(channel[cut:], data)
-                elif kind in (subscribed, unsubscribed):
+                elif link is not None and kind in (subscribed, unsubscribed):
                     channel = response[1]
-                    if channel != probe and not replied(channel[cut:], kind == subscribed):
+                    if channel != probe and not link.replied(channel[cut:], kind == subscribed):
                         self._dropped_by_redis(channel)
         finally:
             for helper in helpers:
