@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -34,7 +35,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from wspush.hub import Hub
 from wspush.interest import Interest, Link
 from wspush.stats import Stats
-from wspush.subscriber import CONNECT_TIMEOUT, SHARDED, Subscriber, confirm, connect
+from wspush.subscriber import CONNECT_TIMEOUT, PATTERN, SHARDED, Subscriber, confirm, connect
 
 logger = logging.getLogger("wspush.redis")
 
@@ -76,20 +77,25 @@ class ClusterSubscriber:
         self._map_failing = False
         self.pattern: Subscriber | None = None
         if interest is None:
-            self.pattern = Subscriber(
-                url,
-                prefix,
-                hub,
-                stats,
-                retry_interval=retry_interval,
-                health_interval=health_interval,
-                tls_verify=tls_verify,
-                max_message_size=max_message_size,
-                pick_url=self._pick_node,
-                on_change=self._changed,
-            )
+            self.pattern = self._subscriber(url, commands=PATTERN, pick_url=self._pick_node)
         else:
             interest.route = self._route
+
+    def _subscriber(self, url: str, **options: Any) -> Subscriber:
+        """A connection to one node, with this app's settings; it reports its state
+        changes here."""
+        return Subscriber(
+            url,
+            self.prefix,
+            self.hub,
+            self.stats,
+            retry_interval=self.retry_interval,
+            health_interval=self.health_interval,
+            tls_verify=self.tls_verify,
+            max_message_size=self.max_message_size,
+            on_change=self._changed,
+            **options,
+        )
 
     @property
     def live(self) -> bool:
@@ -205,20 +211,12 @@ class ClusterSubscriber:
         def owns(token: bytes) -> bool:
             return key_slot(prefix + token) in slots
 
-        node = Subscriber(
+        node = self._subscriber(
             node_url(self.seed, address),
-            prefix,
-            self.hub,
-            self.stats,
-            retry_interval=self.retry_interval,
-            health_interval=self.health_interval,
-            tls_verify=self.tls_verify,
-            max_message_size=self.max_message_size,
             commands=SHARDED,
             interest=self.interest,
             owns=owns,
             probe_token=probe,
-            on_change=self._changed,
         )
         self.nodes[address] = node
         self._tasks[address] = asyncio.create_task(node.run(), name=f"wspush-redis-{address}")
