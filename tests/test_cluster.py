@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 import wspush
 from tests.clients import receive, websocket
@@ -159,3 +160,41 @@ async def test_pattern_mode_delivers_again_after_its_node_is_killed(
 
         await until_received(again, ws.recv, within=20)
     assert server.log().count("subscribed to 'example.*'") == 2
+
+
+async def test_exact_mode_follows_a_slot_moved_to_another_primary(
+    spawn: Callable[..., Wspush], own_cluster: LocalCluster
+) -> None:
+    """Resharding: the old owner unsubscribes the channel by itself (`sunsubscribe`);
+    wspush reads the map again and subscribes on the new owner."""
+    server = spawn("-redis", own_cluster.seed, *CLUSTER_EXACT)
+    token = tokens_per_shard()[0]
+    channel = f"example.{token}"
+    slot = key_slot(channel.encode())
+    source = own_cluster.primary_for(channel)
+    target = next(n for n in own_cluster.nodes[:3] if n is not source)
+    ids = {}
+    for node in (source, target):
+        with node.client() as client:
+            ids[node.port] = client.execute_command("CLUSTER", "MYID").decode()
+    async with websocket(server.ws_url(token)) as ws:
+        with own_cluster.client() as publisher:
+            wspush.publish(publisher, token, "before", sharded=True)
+        assert await receive(ws) == b"before"
+        with target.client() as client:
+            client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source.port])
+        with source.client() as client:
+            client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target.port])
+        for node in (target, source):
+            with node.client() as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target.port])
+        wait_until(lambda: own_cluster.primary_for(channel) is target, 10, "the slot to move")
+
+        def again() -> None:
+            with own_cluster.client() as fresh:
+                wspush.publish(fresh, token, "again", sharded=True)
+
+        await until_received(again, ws.recv, within=15)
+        assert channel in shard_channels(own_cluster)[target.port]
+        assert channel not in shard_channels(own_cluster)[source.port]
+    assert "unsubscribed" in server.log()

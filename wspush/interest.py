@@ -88,6 +88,7 @@ class Link:
 
     def __init__(self, interest: Interest, owns: Callable[[bytes], bool] | None = None) -> None:
         self.interest = interest
+        self.owns = owns  # which tokens this connection carries (None: all)
         self.sent: set[bytes] = set()  # subscribed once Redis processes what was written
         self.pending: dict[bytes, int] = {}  # commands written, replies not yet read
         self.wake = asyncio.Event()
@@ -124,13 +125,14 @@ class Link:
 
         A reply with no command in flight is Redis dropping the channel by itself (a
         cluster node sends `sunsubscribe` when the channel's slot moves away): forget
-        it, and subscribe again if it is still wanted.
+        it. On a single server, subscribe again if it is still wanted; on a cluster
+        node, the slot is elsewhere now, and the link of its new owner will.
         """
         count = self.pending.get(token, 0)
         if count == 0:
             if not subscribed:
                 self.sent.discard(token)
-                if token in self.interest.wanted:
+                if self.owns is None and token in self.interest.wanted:
                     self.mark(token)
             return False
         if count > 1:
