@@ -16,8 +16,8 @@ interval, and every health interval otherwise. A node whose slots changed gets a
 connection, which subscribes the whole current set of its tokens again; the others keep
 theirs.
 
-redis-py's asyncio `RedisCluster.pubsub()` (redis-py 7.1+) sends one SSUBSCRIBE per
-channel and reads nodes by polling them in turn; wspush needs batched commands and a
+redis-py's asyncio `RedisCluster.pubsub()` (recent releases only) sends one SSUBSCRIBE
+per channel and reads nodes by polling them in turn; wspush needs batched commands and a
 blocking read per connection, so it drives plain per-node connections itself.
 """
 
