@@ -41,7 +41,7 @@ from wspush.metrics import metrics_endpoint
 from wspush.protocols import DIRECT_WRITE, DirectWriter
 from wspush.settings import Settings
 from wspush.stats import Stats
-from wspush.subscriber import Subscriber
+from wspush.subscriber import RedisSubscriber
 from wspush.tokens import TokenError, authorize
 
 logger = logging.getLogger("wspush.endpoints")
@@ -83,7 +83,7 @@ class Endpoints:
         self,
         settings: Settings,
         hub: Hub,
-        subscriber: Subscriber,
+        subscriber: RedisSubscriber,
         stats: Stats,
         metrics: CollectorRegistry,
     ) -> None:
@@ -137,6 +137,11 @@ class Endpoints:
         except Refusal as refusal:
             self._count_refusal(refusal, request.scope)
             return refusal_response(refusal)
+        try:
+            await self.subscriber.wait_subscribed(token)
+        except BaseException:
+            self.hub.unsubscribe(subscription)
+            raise
         return SSEResponse(self, subscription, request.scope)
 
     # -- WebSocket ----------------------------------------------------------------------
@@ -160,6 +165,7 @@ class Endpoints:
                 drainer = asyncio.create_task(self._send_queued(websocket, subscription, writer))
 
         try:
+            await self.subscriber.wait_subscribed(token)  # exact mode: see wspush/interest.py
             await websocket.accept()
             # Pre-encoded frames are uncompressed: with compression on, frames go through
             # the server, which compresses each one for its connection.

@@ -13,10 +13,13 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from enum import StrEnum
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from wspush.protocols import DirectWriter
 from wspush.stats import LatencyHistogram, Stats
+
+if TYPE_CHECKING:
+    from wspush.interest import Interest
 
 logger = logging.getLogger("wspush.hub")
 
@@ -386,6 +389,8 @@ class Hub:
         self.latency = LatencyHistogram() if latency is None else latency
         self.batch = WriteBatch(self.latency, stats)
         self._by_token: dict[bytes, list[Subscription]] = {}
+        # Told of each token's first and last connection (exact subscribe mode).
+        self.interest: Interest | None = None
 
     def __len__(self) -> int:
         return self.stats.connections_open
@@ -412,6 +417,8 @@ class Hub:
         subscription.peer = peer
         subscription.max_drops = self.max_drops
         subscriptions.append(subscription)
+        if len(subscriptions) == 1 and self.interest is not None:
+            self.interest.first_client(token)
         self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
         self._count_open(transport, 1)
         return subscription
@@ -435,6 +442,8 @@ class Hub:
             self._by_peer[subscription.peer] = remaining
         if not subscriptions:
             del self._by_token[subscription.token]
+            if self.interest is not None:
+                self.interest.last_client(subscription.token)
             if self.draining and not self._by_token:
                 self.drained.set()
 

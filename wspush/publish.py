@@ -12,6 +12,10 @@ sentinels again after a failover); `redis.asyncio.sentinel.Sentinel` works the s
     from redis.sentinel import Sentinel
     sentinel = Sentinel([("s1", 26379), ("s2", 26379)], sentinel_kwargs={"password": "..."})
     wspush.publish(sentinel.master_for("mymaster", password="..."), token, "hello")
+
+With `sharded=True` they send SPUBLISH (Redis 7+), which a wspush in exact subscribe
+mode on a Redis Cluster needs (see docs/scaling.md); pass a `redis.RedisCluster` so
+the command goes to the node that serves the channel's slot.
 """
 
 from __future__ import annotations
@@ -26,9 +30,13 @@ DEFAULT_PREFIX = "example."
 class SyncPublisher(Protocol):
     def publish(self, channel: bytes, message: bytes) -> Any: ...
 
+    def spublish(self, shard_channel: bytes, message: bytes) -> Any: ...
+
 
 class AsyncPublisher(Protocol):
     def publish(self, channel: bytes, message: bytes) -> Awaitable[Any]: ...
+
+    def spublish(self, shard_channel: bytes, message: bytes) -> Awaitable[Any]: ...
 
 
 def encode_message(message: str | bytes | Any) -> bytes:
@@ -50,15 +58,32 @@ def channel_for(token: str | bytes, prefix: str | bytes = DEFAULT_PREFIX) -> byt
 
 
 def publish(
-    client: SyncPublisher, token: str | bytes, message: Any, prefix: str | bytes = DEFAULT_PREFIX
+    client: SyncPublisher,
+    token: str | bytes,
+    message: Any,
+    prefix: str | bytes = DEFAULT_PREFIX,
+    *,
+    sharded: bool = False,
 ) -> int:
     """Publish with a redis-py client; returns how many subscribers Redis reached
-    (wspush processes, not browsers). Behind Sentinel, pass `Sentinel(...).master_for(name)`."""
-    return int(client.publish(channel_for(token, prefix), encode_message(message)))
+    (wspush processes, not browsers; on a cluster, only those on the node it reached).
+    Behind Sentinel, pass `Sentinel(...).master_for(name)`.
+
+    `sharded=True` sends SPUBLISH, for wspush in exact mode on a Redis Cluster.
+    """
+    send = client.spublish if sharded else client.publish
+    return int(send(channel_for(token, prefix), encode_message(message)))
 
 
 async def apublish(
-    client: AsyncPublisher, token: str | bytes, message: Any, prefix: str | bytes = DEFAULT_PREFIX
+    client: AsyncPublisher,
+    token: str | bytes,
+    message: Any,
+    prefix: str | bytes = DEFAULT_PREFIX,
+    *,
+    sharded: bool = False,
 ) -> int:
-    """`publish` for a `redis.asyncio` client (or `redis.asyncio.sentinel`'s `master_for`)."""
-    return int(await client.publish(channel_for(token, prefix), encode_message(message)))
+    """`publish` for a `redis.asyncio` client (`redis.asyncio.RedisCluster` and
+    `redis.asyncio.sentinel`'s `master_for` included)."""
+    send = client.spublish if sharded else client.publish
+    return int(await send(channel_for(token, prefix), encode_message(message)))

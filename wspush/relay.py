@@ -16,13 +16,15 @@ from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse
 
+from wspush.cluster import ClusterSubscriber
 from wspush.expvar import ExpvarServer
 from wspush.hub import Hub
+from wspush.interest import Interest
 from wspush.logs import log_settings
 from wspush.metrics import Snapshot, metrics_registry
 from wspush.settings import Settings
 from wspush.stats import Stats
-from wspush.subscriber import Subscriber
+from wspush.subscriber import EXACT, PATTERN, RedisSubscriber, Subscriber
 from wspush.workers import SharedStats
 
 logger = logging.getLogger("wspush")
@@ -50,7 +52,28 @@ class Relay:
             max_per_ip=settings.max_per_ip,
             max_drops=settings.max_drops,
         )
-        self.subscriber = Subscriber(
+        self.subscriber = self._subscriber()
+        self.shared_stats: SharedStats | None = None
+        self.expvar_socket: socket.socket | None = None
+        self.metrics = metrics_registry(self.metrics_snapshot)
+
+    def _subscriber(self) -> RedisSubscriber:
+        """The Redis side the settings ask for: pattern or exact, one server or a cluster."""
+        settings = self.settings
+        interest = Interest() if settings.subscribe_mode == "exact" else None
+        self.hub.interest = interest
+        if settings.redis_cluster:
+            return ClusterSubscriber(
+                settings.redis_url,
+                settings.prefix_bytes,
+                self.hub,
+                self.stats,
+                interest=interest,
+                health_interval=settings.redis_health_interval,
+                tls_verify=settings.redis_tls_verify,
+                max_message_size=settings.max_message_size,
+            )
+        subscriber = Subscriber(
             settings.redis_url,
             settings.prefix_bytes,
             self.hub,
@@ -58,10 +81,12 @@ class Relay:
             health_interval=settings.redis_health_interval,
             tls_verify=settings.redis_tls_verify,
             max_message_size=settings.max_message_size,
+            commands=PATTERN if interest is None else EXACT,
+            interest=interest,
         )
-        self.shared_stats: SharedStats | None = None
-        self.expvar_socket: socket.socket | None = None
-        self.metrics = metrics_registry(self.metrics_snapshot)
+        if interest is not None:
+            interest.route = lambda token: subscriber.link
+        return subscriber
 
     def share_stats(self, directory: str, expvar_socket: socket.socket | None) -> None:
         """Run as one of several workers: publish counters to `directory`, report the sum

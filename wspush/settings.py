@@ -26,6 +26,7 @@ from wspush.sentinel import SentinelURLError, is_sentinel_url, parse_sentinel_ur
 DEFAULT_REDIS = "localhost:6379"
 WS_FRAME_TYPES = ("binary", "text", "auto")
 HMAC_DIGESTS = ("md5", "sha256")
+SUBSCRIBE_MODES = ("pattern", "exact")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 _BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
@@ -209,6 +210,18 @@ class Settings:
         "to wspush's own channel); one unanswered means it is replaced",
         metavar="SECONDS",
     )
+    subscribe_mode: str = _setting(
+        "pattern",
+        "pattern: one PSUBSCRIBE <prefix>* that receives every message (as the Go program); "
+        "exact: SUBSCRIBE only the channels of tokens with clients here (SSUBSCRIBE on a "
+        "cluster), for several instances sharing one Redis (see docs/scaling.md)",
+        choices=SUBSCRIBE_MODES,
+    )
+    redis_cluster: bool = _setting(
+        False,
+        "the Redis is a Redis Cluster and --redis names any of its nodes; in exact mode "
+        "publishers must use SPUBLISH (see docs/scaling.md)",
+    )
     embedded_redis: bool = _setting(
         True,
         "let `wspush` start a redis-server on 127.0.0.1:6379 when no Redis is configured "
@@ -270,6 +283,11 @@ class Settings:
         _require(self.max_message_size >= 1, "max_message_size", "must be at least 1")
         _require(self.max_client_message >= 125, "max_client_message", "must be at least 125")
         _require(self.sse_retry >= 0, "sse_retry", "must be 0 or more")
+        _require(
+            not (self.redis_cluster and self.redis_url.startswith("unix:")),
+            "redis_cluster",
+            "a cluster is reached over TCP, not a unix:// socket",
+        )
         _require(self.shutdown_timeout > 0, "shutdown_timeout", "must be greater than 0")
         _require(self.workers >= 1, "workers", "must be at least 1")
         for setting in fields():
