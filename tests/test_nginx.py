@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.clients import TIMEOUT, SSEClient, receive, websocket
 from tests.conftest import RedisServer, Wspush, free_port, wait_until
+from tests.processes import stop
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).parent.parent
@@ -103,13 +104,8 @@ http {{
             return False
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        if self.process is not None:
+            stop(self.process)
 
     def log(self) -> str:
         path = self.workdir / "error.log"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -22,9 +21,8 @@ from pathlib import Path
 import pytest
 
 import wspush
-from tests.clients import receive, websocket
-from tests.conftest import RedisServer, free_port, wait_until
-from tests.test_factory import ready
+from tests.conftest import RedisServer, free_port
+from tests.processes import assert_relays, assert_stops_cleanly, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -123,20 +121,7 @@ async def test_the_installed_command_relays_and_stops(
     built: Built, redis_server: RedisServer, tmp_path: Path, token: str
 ) -> None:
     port = free_port()
-    process = subprocess.Popen(
-        [built.bin("wspush"), "-addr", f"127.0.0.1:{port}", "-redis", redis_server.address],
-        cwd=tmp_path,
-        env={"PATH": os.environ["PATH"]},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: ready(f"127.0.0.1:{port}"), 15, "the installed wspush")
-        async with websocket(f"ws://127.0.0.1:{port}/?token={token}") as ws:
-            redis_server.publish(f"example.{token}", "from the wheel")
-            assert await receive(ws) == b"from the wheel"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
-    finally:
-        process.kill()
-        process.wait(timeout=5)
+    command = [built.bin("wspush"), "-addr", f"127.0.0.1:{port}", "-redis", redis_server.address]
+    with serving(command, port, {"PATH": os.environ["PATH"]}, tmp_path) as process:
+        await assert_relays(port, redis_server, f"example.{token}", token)
+        assert_stops_cleanly(process)

@@ -19,8 +19,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.clients import receive, websocket
-from tests.conftest import RedisServer, free_port, wait_until
-from tests.test_factory import ready
+from tests.conftest import RedisServer, free_port
+from tests.processes import assert_relays, serving
 from wspush.cli import UVICORN_GRACE, build_parser
 from wspush.settings import Settings
 
@@ -104,26 +104,15 @@ async def test_the_exec_start_command_serves_then_stops_cleanly_within_timeout_s
     # The environment file as the unit reads it: settings and REDIS_URL.
     environment = {k: v for k, v in os.environ.items() if not k.startswith("WSPUSH_")}
     environment.update(REDIS_URL=redis_server.url, WSPUSH_PREFIX="unit.")
-    process = subprocess.Popen(
-        [str(INSTALLED_WSPUSH), *arguments],
-        env=environment,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: ready(f"127.0.0.1:{port}"), 15, "wspush started from ExecStart")
+    stop_timeout = seconds(service()["TimeoutStopSec"][0])
+    with serving([str(INSTALLED_WSPUSH), *arguments], port, environment, tmp_path) as process:
+        await assert_relays(port, redis_server, f"unit.{token}", token)
         async with websocket(f"ws://127.0.0.1:{port}/?token={token}") as ws:
-            redis_server.publish(f"unit.{token}", "from the unit")
-            assert await receive(ws) == b"from the unit"
             stopping = time.monotonic()
             process.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionClosed) as closed:
                 await receive(ws)
             assert closed.value.rcvd is not None
             assert closed.value.rcvd.code == 1001
-        assert process.wait(timeout=seconds(service()["TimeoutStopSec"][0])) == 0
-        assert time.monotonic() - stopping < seconds(service()["TimeoutStopSec"][0])
-    finally:
-        process.kill()
-        process.wait(timeout=5)
+        assert process.wait(timeout=stop_timeout) == 0
+        assert time.monotonic() - stopping < stop_timeout
