@@ -221,7 +221,11 @@ async def test_several_instances_behind_one_upstream_each_deliver_every_message(
     redis_server: RedisServer, spawn: Callable[..., Wspush], proxy: ProxyFactory, token: str
 ) -> None:
     expvars = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    relays = [spawn("-redis", redis_server.address, "-expvar", address) for address in expvars]
+    # A prefix of their own: other relays of the test run listen on the default one.
+    relays = [
+        spawn("-redis", redis_server.address, "-expvar", address, "-prefix", "pair.")
+        for address in expvars
+    ]
     nginx = proxy(*relays)
     async with contextlib.AsyncExitStack() as stack:
         clients = [
@@ -239,7 +243,7 @@ async def test_several_instances_behind_one_upstream_each_deliver_every_message(
         assert sum(open_per_instance) == 6
         assert all(count > 0 for count in open_per_instance), open_per_instance
         # Both instances are subscribed, and each relays to its own clients.
-        assert redis_server.publish(f"example.{token}", "to every instance") == 2
+        assert redis_server.publish(f"pair.{token}", "to every instance") == 2
         for ws in clients:
             assert await receive(ws) == b"to every instance"
         for sse in streams:
