@@ -212,9 +212,6 @@ async def test_wspush_counts_the_client_address_from_nginx_x_forwarded_for(
             async with websocket(nginx.ws_url(token), local_addr=("127.0.0.3", 0)):
                 pass
         assert refused.value.response.status_code == 429
-    log = relay.log()
-    assert "from 127.0.0.2: 429" in log, log
-    assert "from 127.0.0.3: 429" in log, log
 
 
 async def test_several_instances_behind_one_upstream_each_deliver_every_message(

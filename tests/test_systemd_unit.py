@@ -22,7 +22,7 @@ from tests.clients import receive, websocket
 from tests.conftest import RedisServer, free_port
 from tests.processes import assert_relays, serving
 from wspush.cli import UVICORN_GRACE, build_parser
-from wspush.settings import Settings
+from wspush.settings import Settings, fields
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).parent.parent
@@ -83,7 +83,9 @@ def test_the_unit_runs_wspush_as_documented() -> None:
     assert program.endswith("/wspush")
     # The ExecStart options are ones wspush accepts, with values it accepts.
     options = vars(build_parser().parse_args(arguments))
-    settings = Settings.from_env(environ={}, overrides={k: str(v) for k, v in options.items()})
+    names = {setting.name for setting in fields()}
+    overrides = {name: str(value) for name, value in options.items() if name in names}
+    settings = Settings.from_env(environ={}, overrides=overrides)
     assert settings.embedded_redis is False
     # systemd waits longer than wspush's drain before it sends SIGKILL.
     assert unit["KillSignal"] == ["SIGTERM"]
