@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.clients import receive, websocket
-from tests.conftest import RedisServer, free_port, wait_until
-from tests.test_factory import ready
+from tests.conftest import RedisServer, free_port
+from tests.processes import assert_relays, assert_stops_cleanly, serving
 from wspush.settings import env_name, fields, option_name
 
 pytestmark = pytest.mark.anyio
@@ -43,23 +40,10 @@ async def test_the_procfile_web_line_serves_on_port_with_redis_url(
         REDIS_URL=redis_server.url,
         PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
     )
-    process = subprocess.Popen(
-        ["sh", "-c", "exec " + web.removeprefix("web:").strip()],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: ready(f"127.0.0.1:{port}"), 15, "the Procfile's web process")
-        async with websocket(f"ws://127.0.0.1:{port}/?token={token}") as ws:
-            redis_server.publish(f"example.{token}", "on heroku")
-            assert await receive(ws) == b"on heroku"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
-    finally:
-        process.kill()
-        process.wait(timeout=5)
+    command = ["sh", "-c", "exec " + web.removeprefix("web:").strip()]
+    with serving(command, port, env, tmp_path) as process:
+        await assert_relays(port, redis_server, f"example.{token}", token)
+        assert_stops_cleanly(process)
 
 
 def test_readme_documents_every_setting() -> None:

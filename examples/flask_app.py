@@ -1,0 +1,60 @@
+"""Publishing from Flask: the Redis client is an app extension, made by the app factory.
+
+    REDIS_URL=redis://localhost:6379 WSPUSH_KEY=... flask --app examples.flask_app run
+
+GET /push-token/42 gives user 42's browser its token; POST /users/42/notify (a JSON
+body) pushes that body to every page user 42 has open.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from flask import Blueprint, Flask, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+import wspush
+from wspush.settings import decode_key
+
+push = Blueprint("push", __name__)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    # The relay's own variables, so publisher and relay agree on Redis, key and prefix.
+    app.config.update(
+        WSPUSH_REDIS_URL=os.environ.get("REDIS_URL", "redis://localhost:6379"),
+        WSPUSH_KEY=os.environ.get("WSPUSH_KEY", ""),
+        WSPUSH_PREFIX=os.environ.get("WSPUSH_PREFIX", "example."),
+    )
+    app.config.update(config or {})
+    # One client (and connection pool) per app, shared by all requests and threads.
+    app.extensions["wspush_redis"] = redis.Redis.from_url(app.config["WSPUSH_REDIS_URL"])
+    app.register_blueprint(push)
+    return app
+
+
+def user_token(user_id: int) -> str:
+    """The token for `?token=`: "user:<id>" signed with the relay's key (WSPUSH_KEY)."""
+    return wspush.sign_token(
+        decode_key(current_app.config["WSPUSH_KEY"]), f"user:{user_id}".encode()
+    )
+
+
+@push.get("/push-token/<int:user_id>")
+def push_token(user_id: int) -> ResponseReturnValue:
+    # In a real app: only for the logged-in user (user_id from the session).
+    return jsonify(token=user_token(user_id))
+
+
+@push.post("/users/<int:user_id>/notify")
+def notify(user_id: int) -> ResponseReturnValue:
+    client: redis.Redis = current_app.extensions["wspush_redis"]
+    relays = wspush.publish(
+        client, user_token(user_id), request.get_json(), prefix=current_app.config["WSPUSH_PREFIX"]
+    )
+    # `relays` counts wspush processes that got it, not browsers: 0 means none is running.
+    return jsonify(relays=relays)
