@@ -69,6 +69,7 @@ async def test_a_storm_of_refusals_is_summarised(
                 pass
     refusal_lines = [line for line in server.log().splitlines() if "refused" in line]
     assert len(refusal_lines) == 1
+    assert "ERROR" not in server.log()  # a refusal is not a server error
 
 
 def test_refusal_log_says_how_many_it_held_back(caplog: pytest.LogCaptureFixture) -> None:

@@ -16,7 +16,7 @@ or uvicorn's stock protocols) wspush sends through plain ASGI messages instead.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Any, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -134,6 +134,13 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         extensions[DIRECT_WRITE] = {"writer": WebSocketDirectWriter(self)}
         self.scope["extensions"] = extensions
         await super().run_asgi()
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # The denial response is complete. uvicorn does not count that as a finished
+            # handshake and logs an ERROR for every refused WebSocket; this one is done.
+            self.handshake_complete = True
 
     def shutdown(self) -> None:
         """Server shutdown: close with 1001 (going away), as the Go program does, where
