@@ -456,6 +456,13 @@ class Hub:
         for subscription in subscriptions:
             subscription.deliver(message)
 
+    def shed(self, token: bytes, count: int = 1) -> None:
+        """Count messages dropped before delivery because the relay is behind Redis:
+        one lost delivery for each connection of their token."""
+        subscriptions = self._by_token.get(token)
+        if subscriptions is not None:
+            self.stats.dropped_flood += len(subscriptions) * count
+
     def send_heartbeat(self, sse_beat: Message, ws_beat: Message) -> None:
         """A heartbeat for every connection whose queue has room (a busy one needs none).
 

@@ -39,6 +39,7 @@ REFUSAL_REASONS = (
 # Why a delivery did not happen: the `reason` label of wspush_messages_dropped_total.
 DROP_REASONS = {
     "queue_full": "dropped_queue_full",
+    "flood": "dropped_flood",
     "too_large": "dropped_too_large",
     "invalid_utf8": "skipped_invalid_utf8",
     "empty": "skipped_empty",
