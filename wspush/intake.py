@@ -15,18 +15,22 @@ keeps up, and while it is behind, fewer and fewer of the newest messages until i
 
 from __future__ import annotations
 
+import array
+import contextlib
+import fcntl
 import sys
+import termios
 import time
 from collections.abc import Callable
 from typing import Any
 
-# A read this large means the transport stopped for a full buffer: the relay is behind.
-# (asyncio's StreamReader pauses its transport at twice its 64 KiB limit.)
-BEHIND_BYTES = 64 * 1024
-# Behind for this long is a flood, not a burst: Redis's buffer for the subscription is
-# growing by as much as the publishers send beyond what the relay reads, and at 100 MB/s
-# the default 32 MB limit is a third of a second away. A shorter burst (a few MB) is
-# delivered whole.
+# Redis's data waiting in this process (socket receive queue and stream buffer) that
+# means the relay is not keeping up...
+BEHIND_BYTES = 256 * 1024
+# ...and for how long, to be a flood rather than a burst: Redis's buffer for the
+# subscription is then growing by what the publishers send beyond what the relay
+# reads, and at 100 MB/s the default 32 MB limit is a third of a second away. A shorter
+# burst (a few MB) is delivered whole.
 FLOOD_AFTER = 0.1
 READ_SIZE = 1024 * 1024
 # While behind, deliver every FLOOD_TICK seconds, at least this many newest messages.
@@ -50,26 +54,31 @@ class ReplyReader:
         # What the reader returns when no whole reply is buffered: redis-py configures
         # its own sentinel (hiredis's default is False).
         self._nothing = getattr(sys.modules[type(parser).__module__], "NOT_ENOUGH_DATA", False)
-        self.last_read = 0  # bytes in the most recent socket read
-        self.behind_since: float | None = None  # start of the current run of full reads
+        self.behind_since: float | None = None  # since when data has been piling up
+        sock = self._stream._transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
 
     @staticmethod
     def usable(connection: Any) -> bool:
         parser = getattr(connection, "_parser", None)
         reader = getattr(parser, "_reader", None)
         stream = getattr(parser, "_stream", None)
-        return callable(getattr(reader, "gets", None)) and callable(getattr(stream, "read", None))
+        return (
+            callable(getattr(reader, "gets", None))
+            and callable(getattr(stream, "read", None))
+            and isinstance(getattr(stream, "_buffer", None), bytearray)
+            and getattr(stream, "_transport", None) is not None
+        )
 
     async def replies(self) -> list[Any]:
         """Every complete reply available, waiting for at least one."""
         gets, nothing = self._reader.gets, self._nothing
         reply = gets()
-        self.last_read = 0
         while reply is nothing:
+            self._note_backlog(self._waiting())
             data = await self._stream.read(READ_SIZE)
             if not data:
                 raise ConnectionError("Redis closed the connection")
-            self.last_read = len(data)
             self._reader.feed(data)
             reply = gets()
         replies = [reply]
@@ -79,17 +88,25 @@ class ReplyReader:
             reply = gets()
         return replies
 
+    def _waiting(self) -> int:
+        """Bytes from Redis received but not read yet: in the socket and the stream."""
+        pending = array.array("i", [0])
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(self._fd, termios.FIONREAD, pending)
+        return pending[0] + len(self._stream._buffer)
+
+    def _note_backlog(self, waiting: int) -> None:
+        if waiting < BEHIND_BYTES:
+            self.behind_since = None
+        elif self.behind_since is None:
+            self.behind_since = time.monotonic()
+
     @property
     def behind(self) -> bool:
-        """Every read has been full for `FLOOD_AFTER` seconds: shed, or be cut off."""
-        if self.last_read < BEHIND_BYTES:
-            if self.last_read:
-                self.behind_since = None
-            return False
-        now = time.monotonic()
-        if self.behind_since is None:
-            self.behind_since = now
-        return now - self.behind_since >= FLOOD_AFTER
+        """Data has piled up for `FLOOD_AFTER` seconds: shed, or be cut off."""
+        since = self.behind_since
+        return since is not None and time.monotonic() - since >= FLOOD_AFTER
 
 
 class FloodGate:
