@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
 from wspush.cors import CORSHeaders
+from wspush.dispatch import RelayApp
 from wspush.endpoints import AnyMethod, Endpoints
 from wspush.relay import Relay
 from wspush.settings import Settings, load_env_file
@@ -35,7 +36,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         async with relay.lifespan():
             yield
 
-    app = Starlette(
+    app = RelayApp(
+        endpoints,
+        CORSHeaders(None, allowed=settings.allowed_origins),
         routes=[
             Route("/ping", AnyMethod(endpoints.ping)),
             Route("/ready", AnyMethod(endpoints.ready)),

@@ -16,10 +16,12 @@ or uvicorn's stock protocols) wspush sends through plain ASGI messages instead.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Any, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from wspush.lightweight import LightEvent, LightQueue
 
 DIRECT_WRITE = "wspush.direct_write"
 KICK_GRACE = 1.0
@@ -80,13 +82,55 @@ class HTTPDirectWriter:
             asyncio.get_running_loop().call_later(KICK_GRACE, transport.abort)
 
 
+class LazyPipeline:
+    """The part of `deque` uvicorn uses for pipelined requests, allocated on first use."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: list[Any] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __len__(self) -> int:
+        return 0 if self._items is None else len(self._items)
+
+    def appendleft(self, item: Any) -> None:
+        if self._items is None:
+            self._items = []
+        self._items.insert(0, item)
+
+    def pop(self) -> Any:
+        if not self._items:
+            raise IndexError("pop from an empty pipeline")
+        item = self._items.pop()
+        if not self._items:
+            self._items = None
+        return item
+
+
 class HttpToolsDirectProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, plus the direct-write extension on each request."""
+    """uvicorn's httptools protocol, plus the direct-write extension on each request.
+
+    Its waiting primitives are the lightweight ones: an SSE stream keeps its connection
+    for hours, and uvicorn's deques and events would cost about 2 KB of it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pipeline = LazyPipeline()  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.flow._is_writable_event = LightEvent(True)  # type: ignore[assignment]
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope and not cycle.response_started:
+            # The cycle's task has not run yet, so nothing waits on its event.
+            cycle.message_event = LightEvent()  # type: ignore[assignment]
             extensions = dict(self.scope.get("extensions") or {})
             extensions[DIRECT_WRITE] = {"writer": HTTPDirectWriter(cycle)}
             self.scope["extensions"] = extensions
@@ -126,7 +170,34 @@ class WebSocketDirectWriter:
 
 
 class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, plus the direct-write extension."""
+    """uvicorn's websockets-sansio protocol, plus the direct-write extension.
+
+    It is also lighter for long-lived connections: its receive queue and writable event
+    are the lightweight ones, and it lets go of the handshake request and response once
+    the connection is open (uvicorn keeps both for the connection's life).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = LightQueue()  # type: ignore[assignment]
+        self.writable = LightEvent(True)  # type: ignore[assignment]
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if self.handshake_complete and getattr(self, "response", None) is not None:
+            self.release_handshake()
+
+    def release_handshake(self) -> None:
+        """Forget the handshake's HTTP request and response, which are not used again.
+
+        websockets' parser generator keeps the request object itself, so its headers
+        are emptied rather than just dereferenced.
+        """
+        request = getattr(self, "request", None)
+        if request is not None:
+            request.headers.clear()
+            self.request = None  # type: ignore[assignment]
+        self.response = None  # type: ignore[assignment]
 
     async def run_asgi(self) -> None:
         extensions = dict(self.scope.get("extensions") or {})
