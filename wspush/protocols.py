@@ -16,11 +16,17 @@ or uvicorn's stock protocols) wspush sends through plain ASGI messages instead.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
 
+from wspush.handshake import plain_handshake_key, switching_protocols
 from wspush.lightweight import LightEvent, LightQueue
 
 DIRECT_WRITE = "wspush.direct_write"
@@ -125,6 +131,32 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.flow._is_writable_event = LightEvent(True)  # type: ignore[assignment]
 
+    def handle_websocket_upgrade(self) -> None:
+        """Hand a plain handshake to wspush's WebSocket protocol as parsed; anything else
+        (or another WebSocket protocol, or compression) takes uvicorn's way."""
+        ws_class = self.ws_protocol_class
+        scope = self.scope
+        if (
+            not isinstance(ws_class, type)
+            or not issubclass(ws_class, WebSocketsSansIODirectProtocol)
+            or self.config.ws_per_message_deflate
+        ):
+            super().handle_websocket_upgrade()
+            return
+        key = plain_handshake_key(
+            scope["method"], scope["http_version"], self.url, scope["headers"]
+        )
+        if key is None:
+            super().handle_websocket_upgrade()
+            return
+        self.connections.discard(self)
+        protocol = ws_class(
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        protocol.connection_made(self.transport)
+        protocol.open_parsed(self.url, self.headers, key)
+        self.transport.set_protocol(protocol)
+
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         cycle = self.cycle
@@ -181,11 +213,69 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.queue = LightQueue()  # type: ignore[assignment]
         self.writable = LightEvent(True)  # type: ignore[assignment]
+        self.handshake_key: bytes | None = None
+
+    def open_parsed(self, target: bytes, headers: list[tuple[bytes, bytes]], key: bytes) -> None:
+        """Start on a handshake the HTTP protocol parsed and `plain_handshake_key` checked:
+        the scope uvicorn's `handle_connect` would build, without parsing it again."""
+        self.conn = ServerProtocol(
+            state=OPEN, max_size=self.config.ws_max_size, logger=logging.getLogger("uvicorn.error")
+        )
+        self.handshake_initiated = True
+        self.handshake_key = key
+        raw_path, _, query_string = target.decode("ascii").partition("?")
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": self.root_path + unquote(raw_path),
+            "raw_path": self.root_path.encode("ascii") + raw_path.encode("ascii"),
+            "query_string": query_string.encode("ascii"),
+            "headers": headers,
+            "subprotocols": [],
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
 
     async def send(self, message: Any) -> None:
+        if (
+            self.handshake_key is not None
+            and message["type"] == "websocket.accept"
+            and not self.handshake_complete
+            and self.initial_response is None
+        ):
+            await self.writable.wait()
+            if self.disconnected:
+                raise ClientDisconnected()
+            self._accept_parsed(message)
+            return
         await super().send(message)
         if self.handshake_complete and getattr(self, "response", None) is not None:
             self.release_handshake()
+
+    def _accept_parsed(self, message: Any) -> None:
+        """`websocket.accept` after `open_parsed`: the 101 uvicorn's `send` would write."""
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info(
+                '%s - "WebSocket %s" [accepted]',
+                get_client_addr(self.scope),
+                get_path_with_query_string(self.scope),
+            )
+        headers = [*self.default_headers, *message.get("headers", [])]
+        response = switching_protocols(self.handshake_key, headers, message.get("subprotocol"))  # type: ignore[arg-type]
+        self.handshake_key = None
+        if not self.transport.is_closing():
+            self.handshake_complete = True
+            self.transport.write(response)
+            self.start_keepalive()
 
     def release_handshake(self) -> None:
         """Forget the handshake's HTTP request and response, which are not used again.
