@@ -41,6 +41,10 @@ class CORSHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.app(scope, receive, self.wrap_send(scope, send))
+
+    def wrap_send(self, scope: Scope, send: Send) -> Send:
+        """`send` for an HTTP request, adding the CORS header to the response start."""
         extra = self.headers_for(scope)
 
         async def send_with_cors(message: Message) -> None:
@@ -48,4 +52,4 @@ class CORSHeaders:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        await self.app(scope, receive, send_with_cors)
+        return send_with_cors

@@ -10,6 +10,7 @@ WebSocket path, 405 for any method but GET.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -52,6 +53,7 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 RETRY_AFTER_SECONDS = 5
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 Frame = Callable[[Message], "ASGIMessage | None"]
 
@@ -142,6 +144,9 @@ class Endpoints:
         except BaseException:
             self.hub.unsubscribe(subscription)
             raise
+        writer = direct_writer(request.scope)
+        if writer is not None:
+            return DirectSSEResponse(self, subscription, writer)
         return SSEResponse(self, subscription, request.scope)
 
     # -- WebSocket ----------------------------------------------------------------------
@@ -304,6 +309,12 @@ class Endpoints:
             refusal.reason,
         )
 
+    @functools.cached_property
+    def sse_headers(self) -> list[tuple[bytes, bytes]]:
+        """The response headers of an `SSEResponse`, for `DirectSSEResponse` to send too."""
+        template = EventSourceResponse(iter(()), ping=0, sep="\n", headers=SSE_HEADERS)
+        return list(template.raw_headers)
+
     def sse_retry_hint(self) -> bytes:
         """`retry:` with jitter, so clients cut by a shutdown don't all return at once."""
         base = self.settings.sse_retry
@@ -321,7 +332,7 @@ class SSEResponse(EventSourceResponse):
             sse_stream(endpoints, subscription, direct_writer(scope)),
             ping=0,  # heartbeats come through the queue, from one timer for all
             sep="\n",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=SSE_HEADERS,
             # When sse-starlette sees the server exiting, it waits this long for the
             # stream to end by itself: the relay's drain ends it with a retry hint.
             shutdown_grace_period=endpoints.settings.shutdown_timeout,
@@ -334,6 +345,78 @@ class SSEResponse(EventSourceResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.hub.unsubscribe(self.subscription)
+
+
+class DirectSSEResponse(Response):
+    """An SSE stream on a server with direct writes: what a long-lived stream keeps is
+    one coroutine waiting for the client to leave.
+
+    The hub writes events straight to the connection. This response sends the headers
+    `SSEResponse` sends, runs a sender task only while a backlog waits (as WebSocket
+    does), and ends the stream with a retry hint when the relay closes it. It has none
+    of sse-starlette's three tasks per stream: heartbeats come from the relay's timer, a
+    shutdown reaches it through the hub's drain, and a disconnect through `receive`.
+    """
+
+    def __init__(self, endpoints: Endpoints, subscription: Subscription, writer: DirectWriter):
+        # Not Response.__init__: there is no body to render, and the headers are shared.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = endpoints.sse_headers
+        self.endpoints = endpoints
+        self.subscription = subscription
+        self.writer = writer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        subscription = self.subscription
+        sender: asyncio.Task[None] | None = None
+
+        def send_backlog() -> None:
+            nonlocal sender
+            if sender is None or sender.done():
+                sender = asyncio.create_task(self._send_backlog(send))
+
+        try:
+            headers = self.raw_headers
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            encode: Encoder = sse_chunk if self.writer.chunked else sse_event
+            subscription.write_directly(self.writer, encode, on_backlog=send_backlog)
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        finally:
+            if sender is not None:
+                sender.cancel()
+            self.endpoints.hub.unsubscribe(subscription)
+
+    async def _send_backlog(self, send: Send) -> None:
+        """Write what waits in the queue, in order; on the relay's close, end the stream."""
+        subscription, writer = self.subscription, self.writer
+        queue = subscription.queue
+        try:
+            while not queue.empty():
+                message = queue.get_nowait()
+                subscription.busy = True
+                if message is None:
+                    await self._end(send)
+                    return
+                await writer.wait_writable()
+                if not writer.is_open():
+                    return
+                subscription.write(message)
+                if queue.empty():
+                    subscription.busy = False
+        except OSError:
+            return  # the client went away mid-send
+
+    async def _end(self, send: Send) -> None:
+        """The retry hint and the end of the body, or a cut if the client does not read
+        them within the shutdown timeout (as sse-starlette cuts streams at exit)."""
+        hint = self.endpoints.sse_retry_hint()
+        try:
+            async with asyncio.timeout(self.endpoints.settings.shutdown_timeout):
+                await send({"type": "http.response.body", "body": hint, "more_body": False})
+        except TimeoutError:
+            self.writer.kick(CLOSE_GOING_AWAY)
 
 
 async def sse_stream(

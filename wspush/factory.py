@@ -11,6 +11,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from wspush.cors import CORSHeaders
 from wspush.demo import demo_routes
+from wspush.dispatch import RelayApp
 from wspush.endpoints import AnyMethod, Endpoints
 from wspush.logs import configure_logging
 from wspush.relay import Relay
@@ -37,7 +38,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
 
     metrics = [Route("/metrics", AnyMethod(endpoints.metrics))] if settings.metrics else []
-    app = Starlette(
+    app = RelayApp(
+        endpoints,
+        CORSHeaders(None, allowed=settings.allowed_origins),
         routes=[
             Route("/ping", AnyMethod(endpoints.ping)),
             Route("/ready", AnyMethod(endpoints.ready)),

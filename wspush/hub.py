@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
+from wspush.lightweight import LightQueue
 from wspush.protocols import DirectWriter
 from wspush.stats import LatencyHistogram, Stats
 
@@ -220,7 +221,7 @@ class Subscription:
         self.pending: list[bytes] | None = None
         self.transport = transport
         self.stats = stats
-        self.queue: asyncio.Queue[Message | None] = asyncio.Queue(queue_size)
+        self.queue: LightQueue[Message | None] = LightQueue(queue_size)
         self.dropped = 0
         self.closing = False
         self.writer: DirectWriter | None = None
@@ -241,6 +242,8 @@ class Subscription:
         self.encode = encode
         self.writer = writer
         self.on_backlog = on_backlog
+        if on_backlog is not None and not self.queue.empty():
+            on_backlog()  # what came before the connection was ready
 
     def deliver(self, message: Message) -> None:
         """Hand over one message without ever waiting (the hub's hot path)."""

@@ -16,10 +16,18 @@ or uvicorn's stock protocols) wspush sends through plain ASGI messages instead.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+
+from wspush.handshake import plain_handshake_key, switching_protocols
+from wspush.lightweight import LightEvent, LightQueue
 
 DIRECT_WRITE = "wspush.direct_write"
 KICK_GRACE = 1.0
@@ -81,13 +89,81 @@ class HTTPDirectWriter:
             asyncio.get_running_loop().call_later(KICK_GRACE, transport.abort)
 
 
+class LazyPipeline:
+    """The part of `deque` uvicorn uses for pipelined requests, allocated on first use."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: list[Any] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __len__(self) -> int:
+        return 0 if self._items is None else len(self._items)
+
+    def appendleft(self, item: Any) -> None:
+        if self._items is None:
+            self._items = []
+        self._items.insert(0, item)
+
+    def pop(self) -> Any:
+        if not self._items:
+            raise IndexError("pop from an empty pipeline")
+        item = self._items.pop()
+        if not self._items:
+            self._items = None
+        return item
+
+
 class HttpToolsDirectProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, plus the direct-write extension on each request."""
+    """uvicorn's httptools protocol, plus the direct-write extension on each request.
+
+    Its waiting primitives are the lightweight ones: an SSE stream keeps its connection
+    for hours, and uvicorn's deques and events would cost about 2 KB of it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pipeline = LazyPipeline()  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.flow._is_writable_event = LightEvent(True)  # type: ignore[assignment]
+
+    def handle_websocket_upgrade(self) -> None:
+        """Hand a plain handshake to wspush's WebSocket protocol as parsed; anything else
+        (or another WebSocket protocol, or compression) takes uvicorn's way."""
+        ws_class = self.ws_protocol_class
+        scope = self.scope
+        if (
+            not isinstance(ws_class, type)
+            or not issubclass(ws_class, WebSocketsSansIODirectProtocol)
+            or self.config.ws_per_message_deflate
+        ):
+            super().handle_websocket_upgrade()
+            return
+        key = plain_handshake_key(
+            scope["method"], scope["http_version"], self.url, scope["headers"]
+        )
+        if key is None:
+            super().handle_websocket_upgrade()
+            return
+        self.connections.discard(self)
+        protocol = ws_class(
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        protocol.connection_made(self.transport)
+        protocol.open_parsed(self.url, self.headers, key)
+        self.transport.set_protocol(protocol)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope and not cycle.response_started:
+            # The cycle's task has not run yet, so nothing waits on its event.
+            cycle.message_event = LightEvent()  # type: ignore[assignment]
             extensions = dict(self.scope.get("extensions") or {})
             extensions[DIRECT_WRITE] = {"writer": HTTPDirectWriter(cycle)}
             self.scope["extensions"] = extensions
@@ -127,20 +203,102 @@ class WebSocketDirectWriter:
 
 
 class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, plus the direct-write extension."""
+    """uvicorn's websockets-sansio protocol, plus the direct-write extension.
+
+    It is also lighter for long-lived connections: its receive queue and writable event
+    are the lightweight ones, and it lets go of the handshake request and response once
+    the connection is open (uvicorn keeps both for the connection's life).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = LightQueue()  # type: ignore[assignment]
+        self.writable = LightEvent(True)  # type: ignore[assignment]
+        self.handshake_key: bytes | None = None
+
+    def open_parsed(self, target: bytes, headers: list[tuple[bytes, bytes]], key: bytes) -> None:
+        """Start on a handshake the HTTP protocol parsed and `plain_handshake_key` checked:
+        the scope uvicorn's `handle_connect` would build, without parsing it again."""
+        self.conn = ServerProtocol(
+            state=OPEN, max_size=self.config.ws_max_size, logger=logging.getLogger("uvicorn.error")
+        )
+        self.handshake_initiated = True
+        self.handshake_key = key
+        raw_path, _, query_string = target.decode("ascii").partition("?")
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": self.root_path + unquote(raw_path),
+            "raw_path": self.root_path.encode("ascii") + raw_path.encode("ascii"),
+            "query_string": query_string.encode("ascii"),
+            "headers": headers,
+            "subprotocols": [],
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+
+    async def send(self, message: Any) -> None:
+        if (
+            self.handshake_key is not None
+            and message["type"] == "websocket.accept"
+            and not self.handshake_complete
+            and self.initial_response is None
+        ):
+            await self.writable.wait()
+            if self.disconnected:
+                raise ClientDisconnected()
+            self._accept_parsed(message)
+            return
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # The denial response is complete. uvicorn does not count that as a finished
+            # handshake and logs an ERROR for every refused WebSocket; this one is done.
+            self.handshake_complete = True
+        if self.handshake_complete and getattr(self, "response", None) is not None:
+            self.release_handshake()
+
+    def _accept_parsed(self, message: Any) -> None:
+        """`websocket.accept` after `open_parsed`: the 101 uvicorn's `send` would write."""
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info(
+                '%s - "WebSocket %s" [accepted]',
+                get_client_addr(self.scope),
+                get_path_with_query_string(self.scope),
+            )
+        headers = [*self.default_headers, *message.get("headers", [])]
+        response = switching_protocols(self.handshake_key, headers, message.get("subprotocol"))  # type: ignore[arg-type]
+        self.handshake_key = None
+        if not self.transport.is_closing():
+            self.handshake_complete = True
+            self.transport.write(response)
+            self.start_keepalive()
+
+    def release_handshake(self) -> None:
+        """Forget the handshake's HTTP request and response, which are not used again.
+
+        websockets' parser generator keeps the request object itself, so its headers
+        are emptied rather than just dereferenced.
+        """
+        request = getattr(self, "request", None)
+        if request is not None:
+            request.headers.clear()
+            self.request = None  # type: ignore[assignment]
+        self.response = None  # type: ignore[assignment]
 
     async def run_asgi(self) -> None:
         extensions = dict(self.scope.get("extensions") or {})
         extensions[DIRECT_WRITE] = {"writer": WebSocketDirectWriter(self)}
         self.scope["extensions"] = extensions
         await super().run_asgi()
-
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
-            # The denial response is complete. uvicorn does not count that as a finished
-            # handshake and logs an ERROR for every refused WebSocket; this one is done.
-            self.handshake_complete = True
 
     def shutdown(self) -> None:
         """Server shutdown: close with 1001 (going away), as the Go program does, where

@@ -1,0 +1,224 @@
+"""What keeps connections cheap: the handshake wspush answers itself, the short path
+past Starlette, and the lightweight event and queue. Each must behave exactly like what
+it replaces."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+
+import httpx
+import pytest
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tests.clients import SSEClient, receive, websocket
+from tests.conftest import RedisServer, Wspush
+from tests.test_factory import ready, served
+from wspush import Settings, create_app
+from wspush.handshake import plain_handshake_key
+from wspush.lightweight import LightEvent, LightQueue
+
+pytestmark = pytest.mark.anyio
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+PLAIN = [
+    (b"host", b"x"),
+    (b"upgrade", b"websocket"),
+    (b"connection", b"keep-alive, Upgrade"),
+    (b"sec-websocket-key", KEY),
+    (b"sec-websocket-version", b"13"),
+    (b"origin", b"http://x"),
+    (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits"),
+]
+
+
+def raw_handshake(port: int, target: str, extra: bytes = b"") -> bytes:
+    """Send a handshake over a plain socket and return the response head."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: x\r\n".encode()
+            + b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+            + KEY
+            + b"\r\nSec-WebSocket-Version: 13\r\n"
+            + extra
+            + b"\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        return head
+
+
+def without_date(head: bytes) -> bytes:
+    return re.sub(rb"\r\ndate: [^\r]*", b"", head)
+
+
+# -- the handshake ---------------------------------------------------------------------
+
+
+def test_a_plain_handshake_gets_the_same_101_as_uvicorns_path(relay: Wspush, token: str) -> None:
+    own = raw_handshake(relay.port, f"/?token={token}")
+    # Asking for a subprotocol sends the handshake through uvicorn and websockets.
+    theirs = raw_handshake(relay.port, f"/?token={token}", b"Sec-WebSocket-Protocol: chat\r\n")
+    assert own.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"\r\ndate: " in own
+    assert without_date(own) == without_date(theirs)
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        (b"Sec-WebSocket-Key: again\r\n", b"400"),
+        (b"Sec-WebSocket-Version: 8\r\n", b"400"),
+    ],
+)
+def test_handshakes_it_does_not_answer_get_uvicorns_answers(
+    relay: Wspush, token: str, extra: bytes, status: bytes
+) -> None:
+    head = raw_handshake(relay.port, f"/?token={token}", extra)
+    assert head.startswith(b"HTTP/1.1 " + status)
+
+
+async def test_refusals_and_messages_on_a_parsed_handshake(
+    relay: Wspush, redis_server: RedisServer, token: str
+) -> None:
+    head = raw_handshake(relay.port, "/?token=")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    async with websocket(relay.ws_url(token)) as ws:
+        redis_server.publish(f"example.{token}", "parsed")
+        assert await receive(ws) == b"parsed"
+
+
+def test_only_handshakes_websockets_would_accept_as_they_are_count_as_plain() -> None:
+    assert plain_handshake_key("GET", "1.1", b"/?token=a", PLAIN) == KEY
+
+    def variant(name: bytes, value: bytes | None) -> list[tuple[bytes, bytes]]:
+        headers = [(n, v) for n, v in PLAIN if n != name]
+        return headers if value is None else [*headers, (name, value)]
+
+    refused = [
+        variant(b"sec-websocket-key", None),
+        variant(b"sec-websocket-key", b"c2hvcnQ="),  # 5 bytes, not 16
+        variant(b"sec-websocket-key", b"not base64!!"),
+        [*PLAIN, (b"sec-websocket-key", KEY)],  # twice
+        variant(b"sec-websocket-version", b"8"),
+        variant(b"upgrade", b"h2c"),
+        variant(b"connection", b"keep-alive"),
+        variant(b"connection", b"up grade"),
+        [*PLAIN, (b"origin", b"http://y")],
+        [*PLAIN, (b"sec-websocket-protocol", b"chat")],
+        [*PLAIN, *[(b"x-filler", b"1")] * 100],
+    ]
+    for headers in refused:
+        assert plain_handshake_key("GET", "1.1", b"/", headers) is None, headers
+    assert plain_handshake_key("POST", "1.1", b"/", PLAIN) is None
+    assert plain_handshake_key("GET", "1.0", b"/", PLAIN) is None
+    assert plain_handshake_key("GET", "1.1", "/é".encode(), PLAIN) is None
+
+
+# -- the short path --------------------------------------------------------------------
+
+
+class Stamp:
+    """A middleware of someone else's: it must see every response, streams included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-stamp", b"1")]
+            await send(message)
+
+        await self.app(scope, receive, stamped)
+
+
+async def test_streams_pass_middleware_someone_added(redis_server: RedisServer, token: str) -> None:
+    app = create_app(Settings(redis=redis_server.address))
+    app.user_middleware.insert(0, Middleware(Stamp))
+    with served(app) as base:
+        assert ready(base)
+        async with SSEClient(f"http://{base}/sse?token={token}") as sse:
+            assert sse.response is not None
+            assert sse.response.headers["x-stamp"] == "1"
+            assert sse.response.headers["access-control-allow-origin"] == "*"
+            redis_server.publish(f"example.{token}", "stamped")
+            await sse.wait_for(b"data:stamped\n\n")
+
+
+async def test_the_short_path_keeps_cors_and_the_plain_500(
+    redis_server: RedisServer, token: str
+) -> None:
+    app = create_app(Settings(redis=redis_server.address))
+    with served(app) as base:
+        assert ready(base)
+        async with SSEClient(f"http://{base}/sse?token={token}") as sse:
+            assert sse.response is not None
+            assert sse.response.headers["access-control-allow-origin"] == "*"
+            assert sse.response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        refused = httpx.get(f"http://{base}/sse?token=", timeout=5)
+        assert refused.status_code == 400
+        assert refused.headers["access-control-allow-origin"] == "*"
+
+        def broken(request: object) -> None:
+            raise RuntimeError("broken on purpose")
+
+        app.endpoints.http = broken  # type: ignore[attr-defined]
+        answer = httpx.get(f"http://{base}/sse?token={token}", timeout=5)
+        assert answer.status_code == 500
+        assert answer.text == "Internal Server Error"
+
+
+# -- the lightweight event and queue ---------------------------------------------------
+
+
+async def test_the_light_event_wakes_every_waiter_and_survives_cancellation() -> None:
+    event = LightEvent()
+    waiters = [asyncio.create_task(event.wait()) for _ in range(3)]
+    cancelled = asyncio.create_task(event.wait())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    event.set()
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 5) == [True, True, True]
+    assert cancelled.cancelled()
+    event.clear()
+    assert not event.is_set()
+    late = asyncio.create_task(event.wait())
+    await asyncio.sleep(0)
+    assert not late.done()
+    event.set()
+    assert await asyncio.wait_for(late, 5)
+
+
+async def test_the_light_queue_is_a_bounded_fifo_like_asyncio_queue() -> None:
+    queue: LightQueue[int] = LightQueue(2)
+    assert queue.empty()
+    assert not queue.full()
+    queue.put_nowait(1)
+    queue.put_nowait(2)
+    assert queue.full()
+    assert queue.qsize() == 2
+    with pytest.raises(asyncio.QueueFull):
+        queue.put_nowait(3)
+    assert [queue.get_nowait(), await queue.get()] == [1, 2]
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()
+    first = asyncio.create_task(queue.get())
+    second = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait(10)
+    first.cancel()  # woken for 10, then cancelled: 10 must go to the other getter
+    assert await asyncio.wait_for(second, 5) == 10
+    assert first.cancelled()
+    unbounded: LightQueue[int] = LightQueue()
+    for item in range(1000):
+        unbounded.put_nowait(item)
+    assert not unbounded.full()
+    assert [unbounded.get_nowait() for _ in range(1000)] == list(range(1000))

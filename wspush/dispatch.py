@@ -1,0 +1,101 @@
+"""The relay's Starlette app, with a short path for WebSocket and SSE connections.
+
+A stream lives for hours, and every coroutine between the server and the endpoint stays
+suspended for all that time: Starlette's error middleware, the CORS middleware, the
+exception middleware, the router, the route and the request/response wrappers are about
+fifteen frames and closures per connection, and the same chain costs CPU on every
+connect. `RelayApp` sends streams straight to their endpoint and does itself the little
+that chain does for them:
+- every HTTP response gets the CORS header, as through `CORSHeaders`;
+- an exception before the response starts gets Starlette's plain 500, then propagates
+  to the server, as through `ServerErrorMiddleware`.
+
+Everything else (`/ping`, `/ready`, `/metrics`, `/demo`, lifespan) goes through Starlette
+as usual, and so does
+everything once the app has been given routes, middleware, exception handlers or debug
+mode of someone else's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from wspush.cors import CORSHeaders
+from wspush.endpoints import Endpoints
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app's router matches: `path` without `root_path` (as Starlette does)."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    return path[len(root_path) :] if path[len(root_path)] == "/" else path
+
+
+class RelayApp(Starlette):
+    """wspush's routes (see `create_app`), with streams sent straight to their endpoint."""
+
+    def __init__(self, endpoints: Endpoints, cors: CORSHeaders, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.endpoints = endpoints
+        self.cors = cors
+        self._own_setup = (list(self.routes), list(self.user_middleware))
+        # Plain HTTP routes of fixed paths (/ping, /ready, /metrics, /demo) are served by
+        # Starlette; the short path is for everything the catch-all routes would take.
+        self.plain_paths = frozenset(
+            route.path
+            for route in self.routes
+            if isinstance(route, Route) and "{" not in route.path
+        )
+
+    def _short_path_allowed(self) -> bool:
+        """Only while the app is exactly as `create_app` built it."""
+        routes, middleware = self._own_setup
+        return (
+            not self.debug
+            and not self.exception_handlers
+            and self.user_middleware == middleware
+            and self.routes == routes
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan" or not self._short_path_allowed():
+            await super().__call__(scope, receive, send)
+            return
+        path = route_path(scope)
+        if not path.startswith("/") or (kind == "http" and path in self.plain_paths):
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        if kind == "websocket":
+            await self.endpoints.websocket(WebSocket(scope, receive, send))
+            return
+        response_started = False
+        send_with_cors = self.cors.wrap_send(scope, send)
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send_with_cors(message)
+
+        try:
+            response = await self.endpoints.http(Request(scope, receive, send_tracked))
+            await response(scope, receive, send_tracked)
+        except Exception:
+            if not response_started:
+                await PlainTextResponse("Internal Server Error", status_code=500)(
+                    scope, receive, send
+                )
+            raise
