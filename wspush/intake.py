@@ -30,8 +30,11 @@ BEHIND_BYTES = 256 * 1024
 # ...and for how long, to be a flood rather than a burst: Redis's buffer for the
 # subscription is then growing by what the publishers send beyond what the relay
 # reads, and at 100 MB/s the default 32 MB limit is a third of a second away. A shorter
-# burst (a few MB) is delivered whole.
+# burst is delivered whole.
 FLOOD_AFTER = 0.1
+# This much waiting is a flood at once: the kernel's receive buffer is filling, and
+# once it is full, every byte more waits in Redis's output buffer for this subscriber.
+FLOOD_BYTES = 1024 * 1024
 READ_SIZE = 1024 * 1024
 # While behind, deliver every FLOOD_TICK seconds, at least this many newest messages.
 FLOOD_TICK = 0.01
@@ -55,6 +58,8 @@ class ReplyReader:
         # its own sentinel (hiredis's default is False).
         self._nothing = getattr(sys.modules[type(parser).__module__], "NOT_ENOUGH_DATA", False)
         self.behind_since: float | None = None  # since when data has been piling up
+        self.waiting = 0  # bytes from Redis received but unread, at the last read
+        self.flooded = False  # behind, and until caught up
         sock = self._stream._transport.get_extra_info("socket")
         self._fd = sock.fileno() if sock is not None else -1
 
@@ -97,6 +102,7 @@ class ReplyReader:
         return pending[0] + len(self._stream._buffer)
 
     def _note_backlog(self, waiting: int) -> None:
+        self.waiting = waiting
         if waiting < BEHIND_BYTES:
             self.behind_since = None
         elif self.behind_since is None:
@@ -104,9 +110,14 @@ class ReplyReader:
 
     @property
     def behind(self) -> bool:
-        """Data has piled up for `FLOOD_AFTER` seconds: shed, or be cut off."""
+        """Data has piled up for `FLOOD_AFTER` seconds, or past `FLOOD_BYTES`: shed, or
+        be cut off. It stays so until the data waiting is back under `BEHIND_BYTES`."""
         since = self.behind_since
-        return since is not None and time.monotonic() - since >= FLOOD_AFTER
+        if since is None:
+            self.flooded = False
+        elif not self.flooded:
+            self.flooded = self.waiting >= FLOOD_BYTES or time.monotonic() - since >= FLOOD_AFTER
+        return self.flooded
 
 
 class FloodGate:
