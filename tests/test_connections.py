@@ -14,6 +14,7 @@ import uvicorn
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.server import ServerState
+from websockets.protocol import OPEN
 
 from tests.clients import SSEClient, receive, websocket
 from tests.conftest import RedisServer, Wspush
@@ -130,7 +131,9 @@ async def test_the_parsed_handshake_protocol_has_exactly_uvicorns_attributes() -
             http.connection_made(transport)
             own = WebSocketsSansIODirectProtocol.for_parsed_handshake(http)
             peer = client.getsockname()
-    assert set(vars(own)) | {"conn"} == set(vars(theirs))
+    assert set(vars(own)) == set(vars(theirs))
+    assert own._conn is None
+    assert own.conn.state is OPEN
     for name in ("server", "client", "scheme", "transport", "connections", "tasks"):
         assert getattr(own, name) == getattr(theirs, name), name
     assert own.client == peer

@@ -208,6 +208,8 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
     the connection is open (uvicorn keeps both for the connection's life).
     """
 
+    _conn: ServerProtocol | None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = LightQueue()  # type: ignore[assignment]
@@ -257,6 +259,7 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         self.frames = []
         self.curr_msg_data_type = "bytes"
         self.handshake_key = None
+        self._conn = None  # built on first use: see `conn`
         # connection_made
         self.connections.add(self)
         self.transport = http.transport
@@ -268,10 +271,28 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
             self.logger.log(TRACE_LOG_LEVEL, "%sWebSocket connection made", prefix)
         return self
 
+    @property
+    def conn(self) -> ServerProtocol:
+        """websockets' protocol state machine, built when something first needs it.
+
+        After a parsed handshake the connection is already open, and an idle one never
+        needs it: the 101 and every frame wspush writes are encoded without it. Only a
+        frame from the client, a close, or a send through plain ASGI builds it.
+        """
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = ServerProtocol(
+                state=OPEN, max_size=self.config.ws_max_size, logger=self.logger
+            )
+        return conn
+
+    @conn.setter
+    def conn(self, conn: ServerProtocol) -> None:
+        self._conn = conn
+
     def open_parsed(self, target: bytes, headers: list[tuple[bytes, bytes]], key: bytes) -> None:
         """Start on a handshake the HTTP protocol parsed and `plain_handshake_key` checked:
         the scope uvicorn's `handle_connect` would build, without parsing it again."""
-        self.conn = ServerProtocol(state=OPEN, max_size=self.config.ws_max_size, logger=self.logger)
         self.handshake_initiated = True
         self.handshake_key = key
         raw_path, _, query_string = target.decode("ascii").partition("?")
