@@ -155,6 +155,9 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
         protocol = ws_class.for_parsed_handshake(self)
         protocol.open_parsed(self.url, self.headers, key)
         self.transport.set_protocol(protocol)
+        # The parser and this protocol refer to each other; without the cycle, both go
+        # at once instead of waiting for the cyclic GC (which would also scan them).
+        self.parser = None  # type: ignore[assignment]
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
