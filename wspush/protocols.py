@@ -313,10 +313,15 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
             "headers": headers,
             "subprotocols": [],
             "state": self.app_state.copy(),
-            "extensions": {"websocket.http.response": {}},
+            "extensions": {
+                "websocket.http.response": {},
+                DIRECT_WRITE: {"writer": WebSocketDirectWriter(self)},
+            },
         }
         self.queue.put_nowait({"type": "websocket.connect"})
-        task = self.loop.create_task(self.run_asgi())
+        # uvicorn's run_asgi: the scope already has the extension, so without the
+        # coroutine `run_asgi` below adds (it would stay suspended for the connection).
+        task = self.loop.create_task(super().run_asgi())
         task.add_done_callback(self.on_task_complete)
         self.tasks.add(task)
 
@@ -369,6 +374,7 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         self.response = None  # type: ignore[assignment]
 
     async def run_asgi(self) -> None:
+        """uvicorn's, with the direct-write extension (a handshake uvicorn parsed)."""
         extensions = dict(self.scope.get("extensions") or {})
         extensions[DIRECT_WRITE] = {"writer": WebSocketDirectWriter(self)}
         self.scope["extensions"] = extensions
