@@ -10,15 +10,20 @@ import socket
 
 import httpx
 import pytest
+import uvicorn
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.server import ServerState
+from websockets.protocol import OPEN
 
 from tests.clients import SSEClient, receive, websocket
 from tests.conftest import RedisServer, Wspush
 from tests.test_factory import ready, served
 from wspush import Settings, create_app
+from wspush.cli import uvicorn_options
 from wspush.handshake import plain_handshake_key
 from wspush.lightweight import LightEvent, LightQueue
+from wspush.protocols import HttpToolsDirectProtocol, WebSocketsSansIODirectProtocol
 
 pytestmark = pytest.mark.anyio
 
@@ -92,6 +97,49 @@ async def test_refusals_and_messages_on_a_parsed_handshake(
     async with websocket(relay.ws_url(token)) as ws:
         redis_server.publish(f"example.{token}", "parsed")
         assert await receive(ws) == b"parsed"
+
+
+class SocketTransport(asyncio.Transport):
+    """A transport on a connected socket pair, enough for the protocols' constructors."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {
+            "socket": self.sock,
+            "sockname": self.sock.getsockname(),
+            "peername": self.sock.getpeername(),
+        }.get(name, default)
+
+
+async def test_the_parsed_handshake_protocol_has_exactly_uvicorns_attributes() -> None:
+    """`for_parsed_handshake` restates uvicorn's constructor: a uvicorn release that adds
+    an attribute must show up here, not as an AttributeError on some connection."""
+    config = uvicorn.Config(create_app(Settings()), **uvicorn_options(Settings()))
+    config.load()
+    state = ServerState()
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, socket.create_connection(listener.getsockname()) as client:
+        server_side, _ = listener.accept()
+        with server_side:
+            transport = SocketTransport(server_side)
+            theirs = WebSocketsSansIODirectProtocol(config=config, server_state=state, app_state={})
+            theirs.connection_made(transport)
+            http = HttpToolsDirectProtocol(config=config, server_state=state, app_state={})
+            http.connection_made(transport)
+            own = WebSocketsSansIODirectProtocol.for_parsed_handshake(http)
+            peer = client.getsockname()
+    assert set(vars(own)) == set(vars(theirs))
+    assert own._conn is None
+    assert own.conn.state is OPEN
+    for name in ("server", "client", "scheme", "transport", "connections", "tasks"):
+        assert getattr(own, name) == getattr(theirs, name), name
+    assert own.client == peer
+    assert type(own.queue) is type(theirs.queue) is LightQueue
+    assert type(own.writable) is type(theirs.writable) is LightEvent
+    assert own.writable.is_set()
 
 
 def test_only_handshakes_websockets_would_accept_as_they_are_count_as_plain() -> None:

@@ -43,13 +43,27 @@ class CORSHeaders:
             return
         await self.app(scope, receive, self.wrap_send(scope, send))
 
-    def wrap_send(self, scope: Scope, send: Send) -> Send:
+    def wrap_send(self, scope: Scope, send: Send) -> CORSSend:
         """`send` for an HTTP request, adding the CORS header to the response start."""
-        extra = self.headers_for(scope)
+        return CORSSend(send, self.headers_for(scope))
 
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
 
-        return send_with_cors
+class CORSSend:
+    """An HTTP request's `send` that adds the CORS header to the response start, and
+    remembers whether the response has started.
+
+    One small object rather than a closure: an SSE stream keeps it for its whole life.
+    """
+
+    __slots__ = ("extra", "send", "started")
+
+    def __init__(self, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
+        self.send = send
+        self.extra = extra
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            message["headers"] = [*message.get("headers", []), *self.extra]
+        await self.send(message)

@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from wspush.cors import CORSHeaders
@@ -81,20 +81,12 @@ class RelayApp(Starlette):
         if kind == "websocket":
             await self.endpoints.websocket(WebSocket(scope, receive, send))
             return
-        response_started = False
         send_with_cors = self.cors.wrap_send(scope, send)
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send_with_cors(message)
-
         try:
-            response = await self.endpoints.http(Request(scope, receive, send_tracked))
-            await response(scope, receive, send_tracked)
+            response = await self.endpoints.http(Request(scope, receive, send_with_cors))
+            await response(scope, receive, send_with_cors)
         except Exception:
-            if not response_started:
+            if not send_with_cors.started:
                 await PlainTextResponse("Internal Server Error", status_code=500)(
                     scope, receive, send
                 )

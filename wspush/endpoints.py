@@ -14,7 +14,8 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from sse_starlette import EventSourceResponse
@@ -161,20 +162,14 @@ class Endpoints:
             self._count_refusal(refusal, websocket.scope)
             await deny_websocket(websocket, refusal)
             return
-        drainer: asyncio.Task[None] | None = None
-
-        def drain() -> None:
-            """Make sure one task is sending what waits in the queue."""
-            nonlocal drainer
-            if drainer is None or drainer.done():
-                drainer = asyncio.create_task(self._send_queued(websocket, subscription, writer))
-
+        drain: BacklogSender | None = None
         try:
             await self.subscriber.wait_subscribed(token)  # exact mode: see wspush/interest.py
             await websocket.accept()
             # Pre-encoded frames are uncompressed: with compression on, frames go through
             # the server, which compresses each one for its connection.
             writer = None if self.settings.ws_compression else direct_writer(websocket.scope)
+            drain = BacklogSender(self._send_queued, websocket, subscription, writer)
             if writer is None:
                 drain()  # plain ASGI: one task sends everything, for the connection's life
             else:
@@ -183,8 +178,8 @@ class Endpoints:
         except (WebSocketDisconnect, OSError, RuntimeError):
             pass  # the client went away; nothing to tell it
         finally:
-            if drainer is not None:
-                drainer.cancel()
+            if drain is not None:
+                drain.cancel()
             self.hub.unsubscribe(subscription)
 
     async def _send_queued(
@@ -321,6 +316,30 @@ class Endpoints:
         return b"retry:%d\n\n" % (base + random.randint(0, base))
 
 
+class BacklogSender:
+    """`on_backlog` for a subscription: makes sure one task is sending what waits in the
+    queue, started from `send(*args)` when none is running.
+
+    A connection keeps it for its whole life, so it is one small object rather than a
+    closure (a function and a cell per variable it uses).
+    """
+
+    __slots__ = ("args", "send", "task")
+
+    def __init__(self, send: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        self.send = send
+        self.args = args
+        self.task: asyncio.Task[None] | None = None
+
+    def __call__(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self.send(*self.args))
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
 class SSEResponse(EventSourceResponse):
     """An EventSourceResponse that always leaves the hub, however the stream ends.
 
@@ -369,13 +388,7 @@ class DirectSSEResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         subscription = self.subscription
-        sender: asyncio.Task[None] | None = None
-
-        def send_backlog() -> None:
-            nonlocal sender
-            if sender is None or sender.done():
-                sender = asyncio.create_task(self._send_backlog(send))
-
+        send_backlog = BacklogSender(self._send_backlog, send)
         try:
             headers = self.raw_headers
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -384,8 +397,7 @@ class DirectSSEResponse(Response):
             while (await receive())["type"] != "http.disconnect":
                 pass
         finally:
-            if sender is not None:
-                sender.cancel()
+            send_backlog.cancel()
             self.endpoints.hub.unsubscribe(subscription)
 
     async def _send_backlog(self, send: Send) -> None:

@@ -20,6 +20,7 @@ import logging
 from typing import Any, Protocol
 from urllib.parse import unquote
 
+from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -151,12 +152,12 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
             super().handle_websocket_upgrade()
             return
         self.connections.discard(self)
-        protocol = ws_class(
-            config=self.config, server_state=self.server_state, app_state=self.app_state
-        )
-        protocol.connection_made(self.transport)
+        protocol = ws_class.for_parsed_handshake(self)
         protocol.open_parsed(self.url, self.headers, key)
         self.transport.set_protocol(protocol)
+        # The parser and this protocol refer to each other; without the cycle, both go
+        # at once instead of waiting for the cyclic GC (which would also scan them).
+        self.parser = None  # type: ignore[assignment]
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
@@ -210,18 +211,91 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
     the connection is open (uvicorn keeps both for the connection's life).
     """
 
+    _conn: ServerProtocol | None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = LightQueue()  # type: ignore[assignment]
         self.writable = LightEvent(True)  # type: ignore[assignment]
         self.handshake_key: bytes | None = None
 
+    @classmethod
+    def for_parsed_handshake(cls, http: HttpToolsProtocol) -> WebSocketsSansIODirectProtocol:
+        """The protocol for a handshake `http` parsed, already on its transport.
+
+        uvicorn's constructor and `connection_made`, without what `open_parsed` replaces:
+        a `ServerProtocol` waiting for the request, an `asyncio.Queue` and `Event`, and
+        the addresses the HTTP protocol already looked up (about a tenth of the CPU a
+        WebSocket costs to open). The attributes are uvicorn's own, all of them
+        (tests/test_connections.py checks that against uvicorn's constructor).
+        """
+        self = cls.__new__(cls)
+        config = http.config
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = http.loop
+        self.logger = http.logger
+        self.root_path = config.root_path
+        self.asgi_version = config.asgi_version
+        self.app_state = http.app_state
+        server_state = http.server_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.default_headers = server_state.default_headers
+        self.queue = LightQueue()  # type: ignore[assignment]
+        self.handshake_initiated = False
+        self.handshake_complete = False
+        self.close_sent = False
+        self.disconnected = False
+        self.close_timer = None
+        self.close_timeout = 10.0
+        self.initial_response = None
+        self.read_paused = False
+        self.writable = LightEvent(True)  # type: ignore[assignment]
+        self.ping_interval = config.ws_ping_interval
+        self.ping_timeout = config.ws_ping_timeout
+        self.ping_timer = None
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        self.ping_sent_at = 0.0
+        self.last_ping_rtt = 0.0
+        self.frames = []
+        self.curr_msg_data_type = "bytes"
+        self.handshake_key = None
+        self._conn = None  # built on first use: see `conn`
+        # connection_made
+        self.connections.add(self)
+        self.transport = http.transport
+        self.server = http.server
+        self.client = http.client
+        self.scheme = "wss" if http.scheme == "https" else "ws"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = "{}:{} - ".format(*self.client) if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sWebSocket connection made", prefix)
+        return self
+
+    @property
+    def conn(self) -> ServerProtocol:
+        """websockets' protocol state machine, built when something first needs it.
+
+        After a parsed handshake the connection is already open, and an idle one never
+        needs it: the 101 and every frame wspush writes are encoded without it. Only a
+        frame from the client, a close, or a send through plain ASGI builds it.
+        """
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = ServerProtocol(
+                state=OPEN, max_size=self.config.ws_max_size, logger=self.logger
+            )
+        return conn
+
+    @conn.setter
+    def conn(self, conn: ServerProtocol) -> None:
+        self._conn = conn
+
     def open_parsed(self, target: bytes, headers: list[tuple[bytes, bytes]], key: bytes) -> None:
         """Start on a handshake the HTTP protocol parsed and `plain_handshake_key` checked:
         the scope uvicorn's `handle_connect` would build, without parsing it again."""
-        self.conn = ServerProtocol(
-            state=OPEN, max_size=self.config.ws_max_size, logger=logging.getLogger("uvicorn.error")
-        )
         self.handshake_initiated = True
         self.handshake_key = key
         raw_path, _, query_string = target.decode("ascii").partition("?")
@@ -239,10 +313,15 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
             "headers": headers,
             "subprotocols": [],
             "state": self.app_state.copy(),
-            "extensions": {"websocket.http.response": {}},
+            "extensions": {
+                "websocket.http.response": {},
+                DIRECT_WRITE: {"writer": WebSocketDirectWriter(self)},
+            },
         }
         self.queue.put_nowait({"type": "websocket.connect"})
-        task = self.loop.create_task(self.run_asgi())
+        # uvicorn's run_asgi: the scope already has the extension, so without the
+        # coroutine `run_asgi` below adds (it would stay suspended for the connection).
+        task = self.loop.create_task(super().run_asgi())
         task.add_done_callback(self.on_task_complete)
         self.tasks.add(task)
 
@@ -295,6 +374,7 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         self.response = None  # type: ignore[assignment]
 
     async def run_asgi(self) -> None:
+        """uvicorn's, with the direct-write extension (a handshake uvicorn parsed)."""
         extensions = dict(self.scope.get("extensions") or {})
         extensions[DIRECT_WRITE] = {"writer": WebSocketDirectWriter(self)}
         self.scope["extensions"] = extensions
