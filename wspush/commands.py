@@ -45,17 +45,11 @@ class CommandError(Exception):
 
 def redis_client(settings: Settings) -> aioredis.Redis:
     """A client for the server's Redis (a Sentinel's primary too), with its TLS choice."""
-    options: dict[str, Any] = {}
-    if (
-        settings.redis_url.startswith(("rediss:", "rediss+sentinel:"))
-        and not settings.redis_tls_verify
-    ):
-        options["ssl_cert_reqs"] = "none"
     return redis_from_url(
         settings.redis_url,
+        tls_verify=settings.redis_tls_verify,
         socket_connect_timeout=CHECK_TIMEOUT,
         socket_timeout=CHECK_TIMEOUT,
-        **options,
     )
 
 

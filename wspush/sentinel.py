@@ -115,8 +115,14 @@ def is_sentinel_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in SCHEMES
 
 
-def redis_from_url(url: str, **options: Any) -> aioredis.Redis:
-    """`Redis.from_url`, and for a `redis+sentinel://` URL a client of the current primary."""
+def redis_from_url(url: str, *, tls_verify: bool = True, **options: Any) -> aioredis.Redis:
+    """`Redis.from_url`, and for a `redis+sentinel://` URL a client of the current primary.
+
+    `tls_verify=False` accepts any certificate on a `rediss` URL (the
+    `--no-redis-tls-verify` setting, for providers with self-signed certificates).
+    """
+    if url.startswith(("rediss:", "rediss+sentinel:")) and not tls_verify:
+        options["ssl_cert_reqs"] = "none"
     if is_sentinel_url(url):
         return parse_sentinel_url(url).client(**options)
     return aioredis.Redis.from_url(url, **options)

@@ -85,10 +85,9 @@ def connect(url: str, tls_verify: bool, **options: Any) -> aioredis.Redis:
     """A client for one server that never retries by itself (the callers own retries)."""
     if url.startswith("unix:"):
         options.pop("socket_keepalive", None)
-    if url.startswith(("rediss:", "rediss+sentinel:")) and not tls_verify:
-        options["ssl_cert_reqs"] = "none"
     return redis_from_url(
         url,
+        tls_verify=tls_verify,
         socket_connect_timeout=CONNECT_TIMEOUT,
         **options,
         retry=Retry(NoBackoff(), 0),
