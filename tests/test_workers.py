@@ -71,6 +71,8 @@ async def test_two_workers_each_subscribe_and_together_serve_every_client(
             10,
             "five deliveries summed",
         )
+        # Whichever worker answers next reads the others' snapshots: let them be written.
+        await asyncio.sleep(SNAPSHOT_INTERVAL * 1.5)
         samples = scrape(metrics_urls[0])
         assert value(samples, "wspush_processes") == 2
         assert value(samples, "wspush_redis_subscribed") == 2
