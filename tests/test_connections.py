@@ -5,25 +5,34 @@ it replaces."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
+import threading
+from collections.abc import Iterator
 
 import httpx
 import pytest
 import uvicorn
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 from websockets.protocol import OPEN
 
 from tests.clients import SSEClient, receive, websocket
-from tests.conftest import RedisServer, Wspush
+from tests.conftest import RedisServer, Wspush, free_port, wait_until
 from tests.test_factory import ready, served
 from wspush import Settings, create_app
 from wspush.cli import uvicorn_options
 from wspush.handshake import plain_handshake_key
 from wspush.lightweight import LightEvent, LightQueue
-from wspush.protocols import HttpToolsDirectProtocol, WebSocketsSansIODirectProtocol
+from wspush.protocols import (
+    HttpToolsDirectProtocol,
+    WebSocketsSansIODirectProtocol,
+    with_proxy_headers,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -114,23 +123,28 @@ class SocketTransport(asyncio.Transport):
         }.get(name, default)
 
 
-async def test_the_parsed_handshake_protocol_has_exactly_uvicorns_attributes() -> None:
-    """`for_parsed_handshake` restates uvicorn's constructor: a uvicorn release that adds
-    an attribute must show up here, not as an AttributeError on some connection."""
+@contextlib.contextmanager
+def server_connection() -> Iterator[tuple[uvicorn.Config, ServerState, SocketTransport, object]]:
+    """wspush's uvicorn config and server state, and the server side of a real
+    connection as a transport, with the client's address."""
     config = uvicorn.Config(create_app(Settings()), **uvicorn_options(Settings()))
     config.load()
-    state = ServerState()
     listener = socket.create_server(("127.0.0.1", 0))
     with listener, socket.create_connection(listener.getsockname()) as client:
         server_side, _ = listener.accept()
         with server_side:
-            transport = SocketTransport(server_side)
-            theirs = WebSocketsSansIODirectProtocol(config=config, server_state=state, app_state={})
-            theirs.connection_made(transport)
-            http = HttpToolsDirectProtocol(config=config, server_state=state, app_state={})
-            http.connection_made(transport)
-            own = WebSocketsSansIODirectProtocol.for_parsed_handshake(http)
-            peer = client.getsockname()
+            yield config, ServerState(), SocketTransport(server_side), client.getsockname()
+
+
+async def test_the_parsed_handshake_protocol_has_exactly_uvicorns_attributes() -> None:
+    """`for_parsed_handshake` restates uvicorn's constructor: a uvicorn release that adds
+    an attribute must show up here, not as an AttributeError on some connection."""
+    with server_connection() as (config, state, transport, peer):
+        theirs = WebSocketsSansIODirectProtocol(config=config, server_state=state, app_state={})
+        theirs.connection_made(transport)
+        http = HttpToolsDirectProtocol(config=config, server_state=state, app_state={})
+        http.connection_made(transport)
+        own = WebSocketsSansIODirectProtocol.for_parsed_handshake(http)
     assert set(vars(own)) == set(vars(theirs))
     assert own._conn is None
     assert own.conn.state is OPEN
@@ -140,6 +154,84 @@ async def test_the_parsed_handshake_protocol_has_exactly_uvicorns_attributes() -
     assert type(own.queue) is type(theirs.queue) is LightQueue
     assert type(own.writable) is type(theirs.writable) is LightEvent
     assert own.writable.is_set()
+
+
+async def test_the_http_protocol_has_exactly_uvicorns_attributes_and_addresses() -> None:
+    """Its constructor and `connection_made` restate uvicorn's, without the logger
+    look-ups and socket objects: same attributes, same addresses."""
+    with server_connection() as (config, state, transport, peer):
+        theirs = HttpToolsProtocol(config=config, server_state=state, app_state={})
+        theirs.connection_made(transport)
+        own = HttpToolsDirectProtocol(config=config, server_state=state, app_state={})
+        own.connection_made(transport)
+    assert set(vars(theirs)) <= set(vars(own))
+    assert set(vars(own)) - set(vars(theirs)) == {"upgrade_of", "upgrade"}
+    for name in ("server", "client", "scheme", "logger", "access_logger", "access_log"):
+        assert getattr(own, name) == getattr(theirs, name), name
+    assert own.client == peer
+    assert own.flow.write_paused is False
+    assert type(own.flow._is_writable_event) is LightEvent
+
+
+def test_proxy_headers_are_applied_as_uvicorns_middleware_applies_them() -> None:
+    """A WebSocket accepted without a task gets the scope uvicorn's middleware would
+    have passed on: same client, same scheme, for trusted and untrusted peers."""
+    middleware = ProxyHeadersMiddleware(app=None, trusted_hosts="127.0.0.1")  # type: ignore[arg-type]
+    cases = [
+        ("127.0.0.1", []),
+        ("127.0.0.1", [(b"x-forwarded-for", b"203.0.113.7")]),
+        ("127.0.0.1", [(b"x-forwarded-for", b"198.51.100.1, 203.0.113.7")]),
+        ("127.0.0.1", [(b"x-forwarded-for", b"203.0.113.7"), (b"x-forwarded-for", b"10.0.0.1")]),
+        ("127.0.0.1", [(b"x-forwarded-proto", b"https"), (b"x-forwarded-for", b"")]),
+        ("127.0.0.1", [(b"x-forwarded-proto", b"gopher")]),
+        ("192.0.2.9", [(b"x-forwarded-for", b"203.0.113.7"), (b"x-forwarded-proto", b"https")]),
+    ]
+    seen: list[Scope] = []
+
+    async def capture(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope)
+
+    middleware.app = capture
+    for kind in ("websocket", "http"):
+        for peer, headers in cases:
+            scope = {"type": kind, "client": (peer, 5000), "scheme": "ws", "headers": headers}
+            seen.clear()
+            original = dict(scope)
+            ours = with_proxy_headers(middleware, scope)
+            assert scope == original, "the scope it was given stays as it was"
+            asyncio.run(middleware(dict(scope), None, None))  # type: ignore[arg-type]
+            assert ours == seen[0], (kind, peer, headers)
+
+
+@contextlib.contextmanager
+def wspush_server(settings: Settings) -> Iterator[tuple[uvicorn.Server, int]]:
+    """The app under uvicorn with wspush's options (its protocols), in a thread."""
+    port = free_port()
+    options = {**uvicorn_options(settings), "port": port, "log_config": None}
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 10, "uvicorn in a thread")
+        yield server, port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+async def test_an_accepted_websocket_needs_no_task(redis_server: RedisServer, token: str) -> None:
+    """wspush's protocols keep an accepted WebSocket without a task or coroutines; it
+    still gets messages, and leaves the hub when it disconnects."""
+    with wspush_server(Settings(redis=redis_server.address)) as (server, port):
+        assert ready(f"127.0.0.1:{port}")
+        stats = server.config.loaded_app.app.state.relay.stats
+        async with websocket(f"ws://127.0.0.1:{port}/?token={token}") as ws:
+            assert stats.connections_open_ws == 1
+            assert not server.server_state.tasks
+            redis_server.publish(f"example.{token}", "no task")
+            assert await receive(ws) == b"no task"
+        wait_until(lambda: stats.connections_open_ws == 0, 10, "the hub to forget it")
 
 
 def test_only_handshakes_websockets_would_accept_as_they_are_count_as_plain() -> None:

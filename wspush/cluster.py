@@ -115,6 +115,10 @@ class ClusterSubscriber:
                 task.cancel()
             await asyncio.gather(*tasks, *self._tasks.values(), return_exceptions=True)
 
+    def confirms_subscriptions(self) -> bool:
+        """Whether `wait_subscribed` may have to wait (exact mode)."""
+        return self.interest is not None
+
     async def wait_subscribed(self, token: bytes) -> None:
         """Exact mode: wait for the owning shard to confirm the channel (see Subscriber)."""
         if self.interest is None:

@@ -28,7 +28,8 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from wspush.cors import CORSHeaders
-from wspush.endpoints import Endpoints
+from wspush.endpoints import Endpoints, TaskFreeWebSocket
+from wspush.protocols import WebSocketDirectWriter
 
 
 def route_path(scope: Scope) -> str:
@@ -67,6 +68,16 @@ class RelayApp(Starlette):
             and self.user_middleware == middleware
             and self.routes == routes
         )
+
+    def open_websocket_now(
+        self, scope: Scope, writer: WebSocketDirectWriter
+    ) -> TaskFreeWebSocket | None:
+        """A WebSocket accepted without a task, where the short path would take it (the
+        server's side: `wspush.protocols`); None to be called as usual."""
+        if not self._short_path_allowed() or not route_path(scope).startswith("/"):
+            return None
+        scope["app"] = self
+        return self.endpoints.open_websocket_now(scope, writer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

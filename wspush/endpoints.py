@@ -10,6 +10,7 @@ WebSocket path, 405 for any method but GET.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -40,7 +41,7 @@ from wspush.hub import (
 )
 from wspush.logs import RefusalLog
 from wspush.metrics import metrics_endpoint
-from wspush.protocols import DIRECT_WRITE, DirectWriter
+from wspush.protocols import DIRECT_WRITE, DirectWriter, WebSocketDirectWriter
 from wspush.settings import Settings
 from wspush.stats import Stats
 from wspush.subscriber import RedisSubscriber
@@ -182,6 +183,27 @@ class Endpoints:
                 drain.cancel()
             self.hub.unsubscribe(subscription)
 
+    def open_websocket_now(
+        self, scope: Scope, writer: WebSocketDirectWriter
+    ) -> TaskFreeWebSocket | None:
+        """`websocket` for a connection it would accept at once, on a server that keeps
+        it without a task (see `wspush.protocols`): the endpoint, subscribed.
+
+        None for everything else, and the server calls `websocket` as usual: a refusal
+        (which that answers, counts and logs), compression (frames go through the
+        server), or exact mode's wait for Redis to confirm the channel.
+        """
+        if self.settings.ws_compression or self.subscriber.confirms_subscriptions():
+            return None
+        try:
+            self._check_origin(scope)
+            token = self._authorize(scope)
+            subscription = self._subscribe(token, Transport.WEBSOCKET, scope)
+        except Refusal:
+            return None
+        self.stats.sessions_seen += 1
+        return TaskFreeWebSocket(self, subscription, writer)
+
     async def _send_queued(
         self, websocket: WebSocket, subscription: Subscription, writer: DirectWriter | None
     ) -> None:
@@ -190,22 +212,19 @@ class Endpoints:
 
         An idle WebSocket thus costs one task (the one reading client frames), not two.
         """
+        close = functools.partial(close_going_away, websocket)
+        if writer is not None:
+            await write_backlog(subscription, writer, close)
+            return
         queue = subscription.queue
         try:
-            while writer is None or not queue.empty():
+            while True:
                 message = await queue.get()
                 subscription.busy = True
                 if message is None:
-                    if websocket.application_state is WebSocketState.CONNECTED:
-                        await websocket.close(CLOSE_GOING_AWAY)
+                    await close()
                     return
-                if writer is None:
-                    await self._send_frame(websocket, message)
-                else:
-                    await writer.wait_writable()
-                    if not writer.is_open():
-                        return
-                    subscription.write(message)
+                await self._send_frame(websocket, message)
                 if queue.empty():
                     subscription.busy = False
         except (WebSocketDisconnect, OSError, RuntimeError):
@@ -340,6 +359,48 @@ class BacklogSender:
             self.task.cancel()
 
 
+class TaskFreeWebSocket:
+    """An accepted WebSocket as `Endpoints.websocket` keeps it, without its task.
+
+    The server puts the connection's receive events here: client messages are dropped
+    (one above `--max-client-message` closes with 1009) and the disconnect leaves the
+    hub. A backlog goes out through a task that runs only while there is one, and the
+    relay's close (a None in the queue) closes with 1001.
+    """
+
+    __slots__ = ("backlog", "endpoints", "subscription", "writer")
+
+    def __init__(
+        self, endpoints: Endpoints, subscription: Subscription, writer: WebSocketDirectWriter
+    ) -> None:
+        self.endpoints = endpoints
+        self.subscription = subscription
+        self.writer = writer
+        self.backlog = BacklogSender(self._send_backlog)
+
+    def opened(self) -> None:
+        self.subscription.write_directly(
+            self.writer, self.endpoints.encode_frame, on_backlog=self.backlog
+        )
+
+    def put_nowait(self, message: ASGIMessage) -> None:
+        if message["type"] == "websocket.disconnect":
+            self.backlog.cancel()
+            self.endpoints.hub.unsubscribe(self.subscription)
+            return
+        data = message.get("bytes") or message.get("text") or ""
+        limit = self.endpoints.settings.max_client_message
+        if len(data) > limit:
+            logger.info("closing a WebSocket that sent %d bytes (max %d)", len(data), limit)
+            self.writer.close(CLOSE_MESSAGE_TOO_BIG)
+
+    async def _send_backlog(self) -> None:
+        await write_backlog(self.subscription, self.writer, self._close)
+
+    async def _close(self) -> None:
+        self.writer.close(CLOSE_GOING_AWAY)
+
+
 class SSEResponse(EventSourceResponse):
     """An EventSourceResponse that always leaves the hub, however the stream ends.
 
@@ -402,23 +463,7 @@ class DirectSSEResponse(Response):
 
     async def _send_backlog(self, send: Send) -> None:
         """Write what waits in the queue, in order; on the relay's close, end the stream."""
-        subscription, writer = self.subscription, self.writer
-        queue = subscription.queue
-        try:
-            while not queue.empty():
-                message = queue.get_nowait()
-                subscription.busy = True
-                if message is None:
-                    await self._end(send)
-                    return
-                await writer.wait_writable()
-                if not writer.is_open():
-                    return
-                subscription.write(message)
-                if queue.empty():
-                    subscription.busy = False
-        except OSError:
-            return  # the client went away mid-send
+        await write_backlog(self.subscription, self.writer, functools.partial(self._end, send))
 
     async def _end(self, send: Send) -> None:
         """The retry hint and the end of the body, or a cut if the client does not read
@@ -429,6 +474,36 @@ class DirectSSEResponse(Response):
                 await send({"type": "http.response.body", "body": hint, "more_body": False})
         except TimeoutError:
             self.writer.kick(CLOSE_GOING_AWAY)
+
+
+async def close_going_away(websocket: WebSocket) -> None:
+    """Close with 1001 (the relay is going away), unless the client has gone already."""
+    if websocket.application_state is WebSocketState.CONNECTED:
+        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+            await websocket.close(CLOSE_GOING_AWAY)
+
+
+async def write_backlog(
+    subscription: Subscription, writer: DirectWriter, end: Callable[[], Awaitable[None]]
+) -> None:
+    """Write what waits in a subscription's queue, in order, as the client takes it; on
+    the relay's close (None in the queue), `end` the stream."""
+    queue = subscription.queue
+    try:
+        while not queue.empty():
+            message = queue.get_nowait()
+            subscription.busy = True
+            if message is None:
+                await end()
+                return
+            await writer.wait_writable()
+            if not writer.is_open():
+                return
+            subscription.write(message)
+            if queue.empty():
+                subscription.busy = False
+    except OSError:
+        return  # the client went away mid-send
 
 
 async def sse_stream(

@@ -66,6 +66,9 @@ def plain_handshake_key(
                 return None
             upgrade = value
         elif name == b"connection":
+            if value.lower() == b"upgrade":  # what nearly every client sends
+                connection_upgrade = True
+                continue
             for option in value.split(b","):
                 option = option.strip(b" \t")
                 if not TOKEN.fullmatch(option):
@@ -80,7 +83,8 @@ def plain_handshake_key(
     if upgrade is None or upgrade.lower() != b"websocket":
         return None
     try:
-        if len(base64.b64decode(key, validate=True)) != 16:
+        # Strict: only the base64 alphabet and correct padding, as websockets checks.
+        if len(binascii.a2b_base64(key, strict_mode=True)) != 16:
             return None
     except binascii.Error:
         return None

@@ -20,10 +20,15 @@ import logging
 from typing import Any, Protocol
 from urllib.parse import unquote
 
+import httptools
+from uvicorn.config import Config
 from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
@@ -33,6 +38,10 @@ from wspush.lightweight import LightEvent, LightQueue
 DIRECT_WRITE = "wspush.direct_write"
 KICK_GRACE = 1.0
 CLOSE_GOING_AWAY = 1001
+# The loggers uvicorn's protocols look up on every connection (a lock and a dict lookup
+# each time); loggers are process-wide singletons, so one lookup is the same logger.
+ERROR_LOGGER = logging.getLogger("uvicorn.error")
+ACCESS_LOGGER = logging.getLogger("uvicorn.access")
 
 
 class DirectWriter(Protocol):
@@ -56,6 +65,62 @@ class DirectWriter(Protocol):
         """Disconnect a client that does not read: say why if the protocol can (a
         WebSocket close frame), and cut the connection if it is still there after
         `KICK_GRACE` seconds."""
+
+
+class TaskFreeWebSocket(Protocol):
+    """What an app's `open_websocket_now` returns: the endpoint of an accepted WebSocket
+    that needs no task. The server puts the connection's ASGI receive events here (a
+    client message, the disconnect) instead of in a queue for `receive()`."""
+
+    def put_nowait(self, message: Any) -> None: ...
+
+    def opened(self) -> None:
+        """The 101 is written: messages may go out from now on."""
+
+
+class OpensWithoutTask(Protocol):
+    """An ASGI app that can accept a WebSocket without running a task for it."""
+
+    def open_websocket_now(
+        self, scope: Any, writer: WebSocketDirectWriter
+    ) -> TaskFreeWebSocket | None:
+        """Accept the connection of `scope` at once, or None for the app to be called
+        with it as usual (a refusal, or anything else that needs to wait)."""
+
+
+def app_behind_proxy_headers(app: Any) -> tuple[Any, ProxyHeadersMiddleware | None]:
+    """The app uvicorn wraps in its proxy-headers middleware, and that middleware."""
+    if isinstance(app, ProxyHeadersMiddleware):
+        return app.app, app
+    return app, None
+
+
+def with_proxy_headers(middleware: ProxyHeadersMiddleware, scope: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `scope` as uvicorn's proxy-headers middleware passes it on: the client
+    and scheme a trusted proxy forwarded (tests/test_connections.py compares the two)."""
+    scope = dict(scope)
+    client = scope.get("client")
+    if not client or client[0] not in middleware.trusted_hosts:
+        return scope
+    proto: bytes | None = None
+    forwarded_for: list[bytes] = []
+    for name, value in scope["headers"]:
+        if name == b"x-forwarded-proto":
+            proto = value
+        elif name == b"x-forwarded-for":
+            forwarded_for.append(value)
+    if proto is not None:
+        scheme = proto.decode("latin1").strip()
+        if scheme in {"http", "https", "ws", "wss"}:
+            is_websocket = scope["type"] == "websocket"
+            scope["scheme"] = scheme.replace("http", "ws") if is_websocket else scheme
+    if forwarded_for:
+        host, port = middleware.trusted_hosts.get_trusted_client_address(
+            b", ".join(forwarded_for).decode("latin1")
+        )
+        if host:
+            scope["client"] = (host, port)
+    return scope
 
 
 class HTTPDirectWriter:
@@ -118,20 +183,107 @@ class LazyPipeline:
         return item
 
 
+class LightFlowControl(FlowControl):
+    """uvicorn's flow control, with a lightweight writable event (set: not paused)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.read_paused = False
+        self.write_paused = False
+        self._is_writable_event = LightEvent(True)  # type: ignore[assignment]
+
+
+def transport_addresses(
+    transport: asyncio.BaseTransport,
+) -> tuple[tuple[str, int | None] | None, tuple[str, int] | None]:
+    """The (server, client) addresses uvicorn puts in a scope, as uvicorn derives them.
+
+    uvicorn asks the transport for its socket object and that for the addresses; under
+    uvloop that builds a `socket.socket` per connection. The transport answers
+    `sockname` and `peername` itself.
+    """
+    local = transport.get_extra_info("sockname")
+    if isinstance(local, (list, tuple)):
+        server: tuple[str, int | None] | None = (str(local[0]), int(local[1]))
+    elif isinstance(local, str):
+        server = (local, None)
+    else:
+        server = None
+    peer = transport.get_extra_info("peername")
+    client = (str(peer[0]), int(peer[1])) if isinstance(peer, (list, tuple)) else None
+    return server, client
+
+
 class HttpToolsDirectProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus the direct-write extension on each request.
 
-    Its waiting primitives are the lightweight ones: an SSE stream keeps its connection
-    for hours, and uvicorn's deques and events would cost about 2 KB of it.
+    It is also cheaper to open and to keep. Its waiting primitives are the lightweight
+    ones: an SSE stream keeps its connection for hours, and uvicorn's deques and events
+    would cost about 2 KB of it. Its constructor and `connection_made` are uvicorn's
+    without the per-connection logger look-ups and socket objects, and it looks at a
+    request's upgrade headers once instead of three times.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pipeline = LazyPipeline()  # type: ignore[assignment]
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # uvicorn's constructor, attribute for attribute (tests/test_connections.py
+        # compares the two), except where noted.
+        if not config.loaded:
+            config.load()
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.logger = ERROR_LOGGER
+        self.access_logger = ACCESS_LOGGER
+        self.access_log = ACCESS_LOGGER.hasHandlers()
+        self.parser = httptools.HttpRequestParser(self)
+        # Answer the first of pipelined requests, as uvicorn does.
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.ws_protocol_class = config.ws_protocol_class
+        self.root_path = config.root_path
+        self.asgi_version = config.asgi_version
+        self.limit_concurrency = config.limit_concurrency
+        self.app_state = app_state
+        self.timeout_keep_alive_task = None
+        self.timeout_keep_alive = config.timeout_keep_alive
+        self.server_state = server_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.transport = None  # type: ignore[assignment]
+        self.flow = None  # type: ignore[assignment]
+        self.server = None
+        self.client = None
+        self.scheme = None
+        self.pipeline = LazyPipeline()  # type: ignore[assignment]  # a deque: 760 bytes
+        self.scope = None  # type: ignore[assignment]
+        self.headers = None  # type: ignore[assignment]
+        self.expect_100_continue = False
+        self.cycle = None  # type: ignore[assignment]
+        self.upgrade_of: list[tuple[bytes, bytes]] | None = None  # headers `upgrade` is of
+        self.upgrade: bytes | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.flow._is_writable_event = LightEvent(True)  # type: ignore[assignment]
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = LightFlowControl(transport)
+        self.server, self.client = transport_addresses(transport)
+        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = "{}:{} - ".format(*self.client) if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
+
+    def _get_upgrade(self) -> bytes | None:
+        """uvicorn's, remembered for the request: uvicorn asks up to three times."""
+        headers = self.headers
+        if self.upgrade_of is not headers:
+            self.upgrade = super()._get_upgrade()
+            self.upgrade_of = headers
+        return self.upgrade
 
     def handle_websocket_upgrade(self) -> None:
         """Hand a plain handshake to wspush's WebSocket protocol as parsed; anything else
@@ -193,6 +345,19 @@ class WebSocketDirectWriter:
     async def wait_writable(self) -> None:
         await self.protocol.writable.wait()
 
+    def close(self, code: int) -> None:
+        """Start the closing handshake, as uvicorn does for `websocket.close`."""
+        protocol = self.protocol
+        if not self.is_open():
+            return
+        protocol.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": ""})
+        protocol.conn.send_close(code)
+        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        protocol.close_sent = True
+        protocol.close_timer = protocol.loop.call_later(
+            protocol.close_timeout, protocol.transport.close
+        )
+
     def kick(self, code: int) -> None:
         protocol = self.protocol
         if not self.is_open():
@@ -218,6 +383,7 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         self.queue = LightQueue()  # type: ignore[assignment]
         self.writable = LightEvent(True)  # type: ignore[assignment]
         self.handshake_key: bytes | None = None
+        self.task_free = False  # accepted by `open_websocket_now`, without a task
 
     @classmethod
     def for_parsed_handshake(cls, http: HttpToolsProtocol) -> WebSocketsSansIODirectProtocol:
@@ -262,6 +428,7 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         self.frames = []
         self.curr_msg_data_type = "bytes"
         self.handshake_key = None
+        self.task_free = False
         self._conn = None  # built on first use: see `conn`
         # connection_made
         self.connections.add(self)
@@ -318,12 +485,45 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
                 DIRECT_WRITE: {"writer": WebSocketDirectWriter(self)},
             },
         }
+        if self._open_without_task():
+            return
         self.queue.put_nowait({"type": "websocket.connect"})
         # uvicorn's run_asgi: the scope already has the extension, so without the
         # coroutine `run_asgi` below adds (it would stay suspended for the connection).
         task = self.loop.create_task(super().run_asgi())
         task.add_done_callback(self.on_task_complete)
         self.tasks.add(task)
+
+    def _open_without_task(self) -> bool:
+        """Let an app that can (wspush's own) accept the connection without a task.
+
+        An idle WebSocket then costs no task and no suspended coroutines, and opening
+        it no trip through the ASGI call chain. The app gets the scope its proxy-headers
+        middleware would pass on.
+        """
+        app, proxy = app_behind_proxy_headers(self.app)
+        opener = getattr(app, "open_websocket_now", None)
+        if opener is None:
+            return False
+        scope: Any = self.scope
+        if proxy is not None:
+            scope = with_proxy_headers(proxy, scope)
+        endpoint = opener(scope, scope["extensions"][DIRECT_WRITE]["writer"])
+        if endpoint is None:
+            return False
+        self.scope = scope
+        self.queue = endpoint
+        self.task_free = True
+        self._accept_parsed({"type": "websocket.accept"})
+        endpoint.opened()
+        return True
+
+    def send_receive_event_to_app(self) -> None:
+        super().send_receive_event_to_app()
+        if self.task_free and self.read_paused:
+            # uvicorn pauses reading until the app's receive(); the endpoint already has it.
+            self.read_paused = False
+            self.transport.resume_reading()
 
     async def send(self, message: Any) -> None:
         if (

@@ -78,6 +78,9 @@ class RedisSubscriber(Protocol):
 
     async def run(self) -> None: ...
 
+    def confirms_subscriptions(self) -> bool:
+        """Whether `wait_subscribed` may have to wait (exact mode)."""
+
     async def wait_subscribed(self, token: bytes) -> None: ...
 
 
@@ -160,6 +163,10 @@ class Subscriber:
             except Exception as exc:
                 self._went_down(exc)
             await asyncio.sleep(max(0.0, self.retry_interval - (loop.time() - started)))
+
+    def confirms_subscriptions(self) -> bool:
+        """Whether `wait_subscribed` may have to wait (exact mode, Redis up)."""
+        return self.interest is not None and self.live
 
     async def wait_subscribed(self, token: bytes) -> None:
         """In exact mode, wait until Redis confirms the channel of `token` (up to
