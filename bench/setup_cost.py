@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -36,37 +35,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-WORK = Path(os.environ.get("WSPUSH_BENCH_DIR") or Path.home() / ".cache" / "wspush-bench")
-LOADGEN = WORK / "loadgen"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.flood import LOADGEN
+from tests.conftest import RedisServer, free_port, wait_until
+
 CONNECT_RATE = 400  # connections/s: what a server under callgrind answers without timeouts
 INFLIGHT = 16
 START_TIMEOUT = 120.0
 READY_TIMEOUT = 600.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing answers on port {port} after {timeout:.0f} s")
-
-
-def wait_for_file(path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout:.0f} s")
-        time.sleep(0.05)
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def callgrind_control(pid: int, *options: str) -> None:
@@ -97,7 +82,7 @@ def measure(
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for_port(port, START_TIMEOUT)
+        wait_until(lambda: answers(port), START_TIMEOUT, f"the server on port {port}")
         time.sleep(2)  # let the subscriber settle
         ready = workdir / f"ready.{port}.json"
         callgrind_control(server.pid, "-i", "on")
@@ -111,7 +96,7 @@ def measure(
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_file(ready, READY_TIMEOUT)
+        wait_until(ready.exists, READY_TIMEOUT, "every connection to open")
         time.sleep(1)  # the last handshakes' own work (the endpoint's first steps)
         callgrind_control(server.pid, "-i", "off")
         callgrind_control(server.pid, "-d")
@@ -141,9 +126,9 @@ def main() -> int:
     labels = args.label or [f"cmd{i + 1}" for i in range(len(args.cmd))]
     if len(labels) != len(args.cmd):
         parser.error("give one --label per --cmd, or none")
-    for tool in ("valgrind", "callgrind_control", "redis-server"):
+    for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
-            parser.error(f"{tool} is not on PATH (Debian: apt-get install valgrind redis-server)")
+            parser.error(f"{tool} is not on PATH (Debian: apt-get install valgrind)")
     if not LOADGEN.exists():
         parser.error(f"no loadgen at {LOADGEN}: run python3 ../shared/bench/run.py build")
     print(
@@ -152,16 +137,11 @@ def main() -> int:
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="wspush-setup-cost.") as tmp:
-        redis_port = free_port()
-        redis = subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )
+        redis = RedisServer(Path(tmp) / "redis").start()
         try:
-            wait_for_port(redis_port, 10)
             for mode in args.modes.split(","):
                 for label, cmd in zip(labels, args.cmd, strict=True):
-                    row = measure(cmd.split(), mode, args.connections, redis_port, Path(tmp))
+                    row = measure(cmd.split(), mode, args.connections, redis.port, Path(tmp))
                     row["label"] = label
                     if args.json:
                         print(json.dumps(row), flush=True)
@@ -173,8 +153,7 @@ def main() -> int:
                             flush=True,
                         )
         finally:
-            redis.terminate()
-            redis.wait(timeout=10)
+            redis.kill()
     return 0
 
 

@@ -156,9 +156,7 @@ class Endpoints:
     async def websocket(self, websocket: WebSocket) -> None:
         self.stats.sessions_seen += 1
         try:
-            self._check_origin(websocket.scope)
-            token = self._authorize(websocket.scope)
-            subscription = self._subscribe(token, Transport.WEBSOCKET, websocket.scope)
+            token, subscription = self._admit_websocket(websocket.scope)
         except Refusal as refusal:
             self._count_refusal(refusal, websocket.scope)
             await deny_websocket(websocket, refusal)
@@ -196,13 +194,17 @@ class Endpoints:
         if self.settings.ws_compression or self.subscriber.confirms_subscriptions():
             return None
         try:
-            self._check_origin(scope)
-            token = self._authorize(scope)
-            subscription = self._subscribe(token, Transport.WEBSOCKET, scope)
+            _, subscription = self._admit_websocket(scope)
         except Refusal:
             return None
         self.stats.sessions_seen += 1
         return TaskFreeWebSocket(self, subscription, writer)
+
+    def _admit_websocket(self, scope: Scope) -> tuple[bytes, Subscription]:
+        """The token and the hub's place for a WebSocket, or the Refusal it gets."""
+        self._check_origin(scope)
+        token = self._authorize(scope)
+        return token, self._subscribe(token, Transport.WEBSOCKET, scope)
 
     async def _send_queued(
         self, websocket: WebSocket, subscription: Subscription, writer: DirectWriter | None

@@ -68,24 +68,15 @@ class DirectWriter(Protocol):
 
 
 class TaskFreeWebSocket(Protocol):
-    """What an app's `open_websocket_now` returns: the endpoint of an accepted WebSocket
-    that needs no task. The server puts the connection's ASGI receive events here (a
-    client message, the disconnect) instead of in a queue for `receive()`."""
+    """What an app's `open_websocket_now(scope, writer)` returns: the endpoint of an
+    accepted WebSocket that needs no task (None: call the app with it as usual). The
+    server puts the connection's ASGI receive events here (a client message, the
+    disconnect) instead of in a queue for `receive()`."""
 
     def put_nowait(self, message: Any) -> None: ...
 
     def opened(self) -> None:
         """The 101 is written: messages may go out from now on."""
-
-
-class OpensWithoutTask(Protocol):
-    """An ASGI app that can accept a WebSocket without running a task for it."""
-
-    def open_websocket_now(
-        self, scope: Any, writer: WebSocketDirectWriter
-    ) -> TaskFreeWebSocket | None:
-        """Accept the connection of `scope` at once, or None for the app to be called
-        with it as usual (a refusal, or anything else that needs to wait)."""
 
 
 def app_behind_proxy_headers(app: Any) -> tuple[Any, ProxyHeadersMiddleware | None]:
@@ -347,25 +338,26 @@ class WebSocketDirectWriter:
 
     def close(self, code: int) -> None:
         """Start the closing handshake, as uvicorn does for `websocket.close`."""
-        protocol = self.protocol
         if not self.is_open():
             return
+        protocol = self.protocol
         protocol.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": ""})
-        protocol.conn.send_close(code)
-        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
-        protocol.close_sent = True
+        self._send_close(code, "")
         protocol.close_timer = protocol.loop.call_later(
             protocol.close_timeout, protocol.transport.close
         )
 
     def kick(self, code: int) -> None:
-        protocol = self.protocol
         if not self.is_open():
             return
-        protocol.conn.send_close(code, "too slow")
+        self._send_close(code, "too slow")
+        self.protocol.loop.call_later(KICK_GRACE, self.protocol.transport.abort)
+
+    def _send_close(self, code: int, reason: str) -> None:
+        protocol = self.protocol
+        protocol.conn.send_close(code, reason)
         protocol.transport.write(b"".join(protocol.conn.data_to_send()))
         protocol.close_sent = True
-        protocol.loop.call_later(KICK_GRACE, protocol.transport.abort)
 
 
 class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
