@@ -165,7 +165,7 @@ async def test_the_http_protocol_has_exactly_uvicorns_attributes_and_addresses()
         own = HttpToolsDirectProtocol(config=config, server_state=state, app_state={})
         own.connection_made(transport)
     assert set(vars(theirs)) <= set(vars(own))
-    assert set(vars(own)) - set(vars(theirs)) == {"upgrade_of", "upgrade"}
+    assert set(vars(own)) - set(vars(theirs)) == {"upgrade_of", "upgrade", "stream"}
     for name in ("server", "client", "scheme", "logger", "access_logger", "access_log"):
         assert getattr(own, name) == getattr(theirs, name), name
     assert own.client == peer
@@ -232,6 +232,23 @@ async def test_an_accepted_websocket_needs_no_task(redis_server: RedisServer, to
             redis_server.publish(f"example.{token}", "no task")
             assert await receive(ws) == b"no task"
         wait_until(lambda: stats.connections_open_ws == 0, 10, "the hub to forget it")
+
+
+async def test_an_sse_stream_needs_no_task(redis_server: RedisServer, token: str) -> None:
+    """Likewise an SSE stream: the same head (CORS included), messages, and the hub
+    forgets it when the client leaves."""
+    with wspush_server(Settings(redis=redis_server.address)) as (server, port):
+        assert ready(f"127.0.0.1:{port}")
+        stats = server.config.loaded_app.app.state.relay.stats
+        async with SSEClient(f"http://127.0.0.1:{port}/sse?token={token}") as sse:
+            assert sse.response is not None
+            assert sse.response.headers["content-type"] == "text/event-stream; charset=utf-8"
+            assert sse.response.headers["access-control-allow-origin"] == "*"
+            assert stats.connections_open_sse == 1
+            assert not server.server_state.tasks
+            redis_server.publish(f"example.{token}", "no task")
+            await sse.wait_for(b"data:no task\n\n")
+        wait_until(lambda: stats.connections_open_sse == 0, 10, "the hub to forget it")
 
 
 def test_only_handshakes_websockets_would_accept_as_they_are_count_as_plain() -> None:

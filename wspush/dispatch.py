@@ -28,8 +28,8 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from wspush.cors import CORSHeaders
-from wspush.endpoints import Endpoints, TaskFreeWebSocket
-from wspush.protocols import WebSocketDirectWriter
+from wspush.endpoints import DirectSSEResponse, Endpoints, TaskFreeWebSocket
+from wspush.protocols import DirectWriter, WebSocketDirectWriter
 
 
 def route_path(scope: Scope) -> str:
@@ -78,6 +78,20 @@ class RelayApp(Starlette):
             return None
         scope["app"] = self
         return self.endpoints.open_websocket_now(scope, writer)
+
+    def open_sse_now(self, scope: Scope, writer: DirectWriter) -> DirectSSEResponse | None:
+        """An SSE stream opened without a task, where the short path would take it, with
+        the CORS header on its head; None to be called as usual."""
+        if not self._short_path_allowed():
+            return None
+        path = route_path(scope)
+        if not path.startswith("/") or path in self.plain_paths:
+            return None
+        scope["app"] = self
+        response = self.endpoints.open_sse_now(scope, writer)
+        if response is not None:
+            response.raw_headers = [*response.raw_headers, *self.cors.headers_for(scope)]
+        return response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -129,15 +129,7 @@ class Endpoints:
             return self._method_not_allowed(request)
         self.stats.sessions_seen += 1
         try:
-            token = self._authorize(request.scope)
-            if not is_sse_request(request.scope):
-                raise Refusal(
-                    426,
-                    0,
-                    "this path serves WebSocket; use /sse for Server-Sent Events",
-                    "refused_not_websocket",
-                )
-            subscription = self._subscribe(token, Transport.SSE, request.scope)
+            token, subscription = self._admit_sse(request.scope)
         except Refusal as refusal:
             self._count_refusal(refusal, request.scope)
             return refusal_response(refusal)
@@ -150,6 +142,35 @@ class Endpoints:
         if writer is not None:
             return DirectSSEResponse(self, subscription, writer)
         return SSEResponse(self, subscription, request.scope)
+
+    def open_sse_now(self, scope: Scope, writer: DirectWriter) -> DirectSSEResponse | None:
+        """`http` for an SSE stream it would open at once, on a server that keeps it
+        without a task (see `wspush.protocols`): the response, subscribed; the server
+        sends its head, then calls `opened`, and `disconnected` when the client leaves.
+
+        None for everything else, and the server calls `http` as usual: a refusal, a
+        method other than GET, or exact mode's wait for Redis to confirm the channel.
+        """
+        if scope["method"] != "GET" or self.subscriber.confirms_subscriptions():
+            return None
+        try:
+            _, subscription = self._admit_sse(scope)
+        except Refusal:
+            return None
+        self.stats.sessions_seen += 1
+        return DirectSSEResponse(self, subscription, writer)
+
+    def _admit_sse(self, scope: Scope) -> tuple[bytes, Subscription]:
+        """The token and the hub's place for an SSE stream, or the Refusal it gets."""
+        token = self._authorize(scope)
+        if not is_sse_request(scope):
+            raise Refusal(
+                426,
+                0,
+                "this path serves WebSocket; use /sse for Server-Sent Events",
+                "refused_not_websocket",
+            )
+        return token, self._subscribe(token, Transport.SSE, scope)
 
     # -- WebSocket ----------------------------------------------------------------------
 
@@ -448,20 +469,29 @@ class DirectSSEResponse(Response):
         self.endpoints = endpoints
         self.subscription = subscription
         self.writer = writer
+        self.backlog: BacklogSender | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        subscription = self.subscription
-        send_backlog = BacklogSender(self._send_backlog, send)
         try:
             headers = self.raw_headers
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            encode: Encoder = sse_chunk if self.writer.chunked else sse_event
-            subscription.write_directly(self.writer, encode, on_backlog=send_backlog)
+            self.opened(send)
             while (await receive())["type"] != "http.disconnect":
                 pass
         finally:
-            send_backlog.cancel()
-            self.endpoints.hub.unsubscribe(subscription)
+            self.disconnected()
+
+    def opened(self, send: Send) -> None:
+        """The head is sent: events go straight to the connection from now on, and a
+        backlog through `send`."""
+        self.backlog = BacklogSender(self._send_backlog, send)
+        encode: Encoder = sse_chunk if self.writer.chunked else sse_event
+        self.subscription.write_directly(self.writer, encode, on_backlog=self.backlog)
+
+    def disconnected(self) -> None:
+        if self.backlog is not None:
+            self.backlog.cancel()
+        self.endpoints.hub.unsubscribe(self.subscription)
 
     async def _send_backlog(self, send: Send) -> None:
         """Write what waits in the queue, in order; on the relay's close, end the stream."""
@@ -474,6 +504,7 @@ class DirectSSEResponse(Response):
         try:
             async with asyncio.timeout(self.endpoints.settings.shutdown_timeout):
                 await send({"type": "http.response.body", "body": hint, "more_body": False})
+            self.endpoints.hub.unsubscribe(self.subscription)  # the stream is over
         except TimeoutError:
             self.writer.kick(CLOSE_GOING_AWAY)
 

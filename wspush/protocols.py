@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -79,11 +80,15 @@ class TaskFreeWebSocket(Protocol):
         """The 101 is written: messages may go out from now on."""
 
 
-def app_behind_proxy_headers(app: Any) -> tuple[Any, ProxyHeadersMiddleware | None]:
-    """The app uvicorn wraps in its proxy-headers middleware, and that middleware."""
-    if isinstance(app, ProxyHeadersMiddleware):
-        return app.app, app
-    return app, None
+def task_free_opener(app: Any, name: str, scope: Any) -> tuple[Callable[..., Any] | None, Any]:
+    """The app's `name` method (`open_websocket_now`, `open_sse_now`) if it has one, and
+    the scope to call it with: as uvicorn's proxy-headers middleware, which wraps the
+    app, would pass it on."""
+    proxy = app if isinstance(app, ProxyHeadersMiddleware) else None
+    opener = getattr(app if proxy is None else proxy.app, name, None)
+    if opener is None or proxy is None:
+        return opener, scope
+    return opener, with_proxy_headers(proxy, scope)
 
 
 def with_proxy_headers(middleware: ProxyHeadersMiddleware, scope: dict[str, Any]) -> dict[str, Any]:
@@ -112,6 +117,19 @@ def with_proxy_headers(middleware: ProxyHeadersMiddleware, scope: dict[str, Any]
         if host:
             scope["client"] = (host, port)
     return scope
+
+
+class TaskFreeStream(Protocol):
+    """What an app's `open_sse_now(scope, writer)` returns: the response of an SSE
+    stream that needs no task (None: call the app with it as usual). The server sends
+    its head, calls `opened` with the cycle's `send`, and `disconnected` at the end."""
+
+    status_code: int
+    raw_headers: list[tuple[bytes, bytes]]
+
+    def opened(self, send: Any) -> None: ...
+
+    def disconnected(self) -> None: ...
 
 
 class HTTPDirectWriter:
@@ -257,6 +275,7 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
         self.cycle = None  # type: ignore[assignment]
         self.upgrade_of: list[tuple[bytes, bytes]] | None = None  # headers `upgrade` is of
         self.upgrade: bytes | None = None
+        self.stream: TaskFreeStream | None = None  # an SSE stream opened without a task
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.connections.add(self)
@@ -302,15 +321,67 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
         # at once instead of waiting for the cyclic GC (which would also scan them).
         self.parser = None  # type: ignore[assignment]
 
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope and not cycle.response_started:
-            # The cycle's task has not run yet, so nothing waits on its event.
-            cycle.message_event = LightEvent()  # type: ignore[assignment]
-            extensions = dict(self.scope.get("extensions") or {})
-            extensions[DIRECT_WRITE] = {"writer": HTTPDirectWriter(cycle)}
-            self.scope["extensions"] = extensions
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """Start a request: with the lightweight event and the direct-write extension,
+        and without a task when the app can open the stream at once."""
+        # Nothing waits on the event before the task starts; keep whether it is set.
+        cycle.message_event = LightEvent(cycle.message_event.is_set())  # type: ignore[assignment]
+        writer = HTTPDirectWriter(cycle)
+        scope: Any = cycle.scope
+        scope["extensions"] = {**(scope.get("extensions") or {}), DIRECT_WRITE: {"writer": writer}}
+        if app is self.app and self._open_without_task(cycle, writer):
+            return
+        super()._start_asgi_task(cycle, app)
+
+    def _open_without_task(self, cycle: RequestResponseCycle, writer: HTTPDirectWriter) -> bool:
+        """Let an app that can (wspush's own) open an SSE stream without a task.
+
+        An idle stream then costs no task and no suspended coroutines, and opening it
+        no trip through the ASGI call chain. The app gets the scope its proxy-headers
+        middleware would pass on; the head goes out through uvicorn's own `send`.
+        """
+        if cycle.flow.write_paused or has_request_body(cycle.scope["headers"]):
+            return False
+        opener, scope = task_free_opener(self.app, "open_sse_now", cycle.scope)
+        if opener is None:
+            return False
+        stream: TaskFreeStream | None = opener(scope, writer)
+        if stream is None:
+            return False
+        cycle.scope = scope
+        start = {"type": "http.response.start", "status": stream.status_code}
+        run_now(cycle.send({**start, "headers": stream.raw_headers}))  # type: ignore[arg-type]
+        stream.opened(cycle.send)
+        self.stream = stream
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.disconnected()
+
+
+def has_request_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request says it has a body (nobody would read it on a task-free stream)."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
+def run_now(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that has nothing to wait for to its end, here and now.
+
+    uvicorn's `send` of a response head waits only while writing is paused, which the
+    caller has ruled out; if it waits anyway, that is a bug, not a slow client.
+    """
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("a coroutine expected to finish at once had to wait")
 
 
 class WebSocketDirectWriter:
@@ -493,13 +564,9 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         it no trip through the ASGI call chain. The app gets the scope its proxy-headers
         middleware would pass on.
         """
-        app, proxy = app_behind_proxy_headers(self.app)
-        opener = getattr(app, "open_websocket_now", None)
+        opener, scope = task_free_opener(self.app, "open_websocket_now", self.scope)
         if opener is None:
             return False
-        scope: Any = self.scope
-        if proxy is not None:
-            scope = with_proxy_headers(proxy, scope)
         endpoint = opener(scope, scope["extensions"][DIRECT_WRITE]["writer"])
         if endpoint is None:
             return False
