@@ -17,7 +17,7 @@ import uvicorn
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 from websockets.protocol import OPEN
 
@@ -29,7 +29,12 @@ from wspush.cli import uvicorn_options
 from wspush.handshake import plain_handshake_key
 from wspush.lightweight import LightEvent, LightQueue
 from wspush.protocols import (
+    ACCESS_LOGGER,
+    ERROR_LOGGER,
+    HeadRecorder,
     HttpToolsDirectProtocol,
+    LightFlowControl,
+    ResponseHeads,
     WebSocketsSansIODirectProtocol,
     with_proxy_headers,
 )
@@ -249,6 +254,53 @@ async def test_an_sse_stream_needs_no_task(redis_server: RedisServer, token: str
             redis_server.publish(f"example.{token}", "no task")
             await sse.wait_for(b"data:no task\n\n")
         wait_until(lambda: stats.connections_open_sse == 0, 10, "the hub to forget it")
+
+
+def test_a_stream_head_is_written_as_uvicorns_send_writes_it() -> None:
+    """The encoded-once head: same bytes and the same cycle state as uvicorn's `send`,
+    for each HTTP version, an echoed origin, and after the Date changes."""
+    heads = ResponseHeads()
+    sse = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+    cases = [
+        ("GET", True, sse),
+        ("GET", True, sse),  # the second time from the cache
+        ("GET", False, sse),  # HTTP/1.0: no keep-alive
+        ("GET", True, [*sse, (b"access-control-allow-origin", b"https://a.example")]),
+        ("GET", True, [*sse, (b"connection", b"close")]),
+    ]
+    for date in (b"Sun, 29 Nov 2026 03:00:00 GMT", b"Sun, 29 Nov 2026 03:00:01 GMT"):
+        defaults = [(b"date", date)]
+        for method, keep_alive, headers in cases:
+            ours, theirs = (
+                cycle_for(method, keep_alive, defaults),
+                cycle_for(method, keep_alive, defaults),
+            )
+            heads.start(ours, 200, headers)
+            message = {"type": "http.response.start", "status": 200, "headers": headers}
+            asyncio.run(theirs.send(message))  # type: ignore[arg-type]
+            assert ours.transport.written == theirs.transport.written  # type: ignore[attr-defined]
+            for name in ("response_started", "chunked_encoding", "keep_alive"):
+                assert getattr(ours, name) == getattr(theirs, name), name
+            assert ours.waiting_for_100_continue is theirs.waiting_for_100_continue is False
+
+
+def cycle_for(
+    method: str, keep_alive: bool, defaults: list[tuple[bytes, bytes]]
+) -> RequestResponseCycle:
+    scope = {"type": "http", "method": method, "http_version": "1.1", "headers": []}
+    return RequestResponseCycle(
+        scope=scope,  # type: ignore[arg-type]
+        transport=HeadRecorder(),  # type: ignore[arg-type]
+        flow=LightFlowControl(None),  # type: ignore[arg-type]
+        logger=ERROR_LOGGER,
+        access_logger=ACCESS_LOGGER,
+        access_log=False,
+        default_headers=defaults,
+        message_event=asyncio.Event(),
+        expect_100_continue=True,
+        keep_alive=keep_alive,
+        on_response=lambda: None,
+    )
 
 
 def test_only_handshakes_websockets_would_accept_as_they_are_count_as_plain() -> None:
