@@ -170,7 +170,7 @@ async def test_the_http_protocol_has_exactly_uvicorns_attributes_and_addresses()
         own = HttpToolsDirectProtocol(config=config, server_state=state, app_state={})
         own.connection_made(transport)
     assert set(vars(theirs)) <= set(vars(own))
-    assert set(vars(own)) - set(vars(theirs)) == {"upgrade_of", "upgrade", "stream"}
+    assert set(vars(own)) - set(vars(theirs)) == {"upgrade_of", "upgrading", "stream"}
     for name in ("server", "client", "scheme", "logger", "access_logger", "access_log"):
         assert getattr(own, name) == getattr(theirs, name), name
     assert own.client == peer

@@ -273,8 +273,8 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
         self.headers = None  # type: ignore[assignment]
         self.expect_100_continue = False
         self.cycle = None  # type: ignore[assignment]
-        self.upgrade_of: list[tuple[bytes, bytes]] | None = None  # headers `upgrade` is of
-        self.upgrade: bytes | None = None
+        self.upgrade_of: list[tuple[bytes, bytes]] | None = None  # the headers `upgrading` is of
+        self.upgrading = False
         self.stream: TaskFreeStream | None = None  # an SSE stream opened without a task
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -287,13 +287,13 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
             prefix = "{}:{} - ".format(*self.client) if self.client else ""
             self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
 
-    def _get_upgrade(self) -> bytes | None:
+    def _should_upgrade(self) -> bool:
         """uvicorn's, remembered for the request: uvicorn asks up to three times."""
         headers = self.headers
         if self.upgrade_of is not headers:
-            self.upgrade = super()._get_upgrade()
+            self.upgrading = super()._should_upgrade()
             self.upgrade_of = headers
-        return self.upgrade
+        return self.upgrading
 
     def handle_websocket_upgrade(self) -> None:
         """Hand a plain handshake to wspush's WebSocket protocol as parsed; anything else
