@@ -459,6 +459,8 @@ class DirectSSEResponse(Response):
     does), and ends the stream with a retry hint when the relay closes it. It has none
     of sse-starlette's three tasks per stream: heartbeats come from the relay's timer, a
     shutdown reaches it through the hub's drain, and a disconnect through `receive`.
+    On wspush's protocols it needs no task at all: the server sends the head and calls
+    `opened` and `disconnected` itself (see `Endpoints.open_sse_now`).
     """
 
     def __init__(self, endpoints: Endpoints, subscription: Subscription, writer: DirectWriter):
