@@ -1,0 +1,298 @@
+"""Message history for resume after reconnect: one Redis stream per token, written in
+the same atomic call that publishes the live message.
+
+A publish with history runs one Redis Function (`wspush_publish`; on a Redis without
+Functions, the same Lua through EVALSHA). In one step it appends the message to the
+token's stream (trimmed to about `--history-size` entries, expiring `--history-ttl`
+seconds after the last publish) and publishes it, wrapped in an envelope that carries
+its id and the id before it. No relay can see the live message without it being in the
+history, or the other way round.
+
+Ids. A message's id is `<entry>.<epoch>`: the stream entry id Redis gave it
+(`<ms>-<seq>`, never going backwards) and the entry id of the stream's first message
+(its epoch). When the stream is gone (expired, or Redis restarted without persistence)
+the next publish starts a new epoch, so an old position can never pass for a new one.
+Each entry also keeps the entry id before it, so a position whose own entry was trimmed
+still resumes exactly when its successor is kept, and a gap is seen as a gap.
+
+Key and channel share a hash slot (see `history_key`), so the Function's key and the
+channel it publishes to live on one shard of a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from redis.crc import key_slot
+from redis.exceptions import ResponseError
+
+LIBRARY_NAME = "wspush"
+FUNCTION_NAME = "wspush_publish"
+# A live message with history: ENVELOPE, its id, a space, the id before it ("-" for
+# none), a newline, then the payload. A NUL byte starts it, so text messages never
+# collide with it, and no id contains a space or a newline.
+ENVELOPE = b"\x00wspush1 "
+NO_PREVIOUS = b"-"
+HISTORY_SUFFIX = b":history"
+
+_ENTRY = rb"(\d{1,20})-(\d{1,20})"
+_POSITION = re.compile(_ENTRY + rb"\." + _ENTRY + rb"\.([0-9a-f]{8})")
+
+# The body shared by the Function and the EVAL script: KEYS[1] is the history key;
+# ARGV is the channel, the message, the size, the TTL in seconds, and "1" for SPUBLISH.
+_LUA_BODY = """
+local key = keys[1]
+local channel, payload = args[1], args[2]
+local size, ttl, sharded = args[3], tonumber(args[4]), args[5]
+local prev, epoch = '', ''
+local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+if #last > 0 then
+  prev = last[1][1]
+  local fields = last[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'e' then epoch = fields[i + 1] end
+  end
+  if epoch == '' then epoch = prev end
+end
+local entry = redis.call('XADD', key, 'MAXLEN', size, '*',
+  'd', payload, 'p', prev, 'e', epoch)
+if epoch == '' then epoch = entry end
+redis.call('EXPIRE', key, ttl)
+local tag = '.' .. string.sub(redis.sha1hex(channel), 1, 8)
+local id = entry .. '.' .. epoch .. tag
+local previous = '-'
+if prev ~= '' then previous = prev .. '.' .. epoch .. tag end
+local envelope = '\\0wspush1 ' .. id .. ' ' .. previous .. '\\n' .. payload
+if sharded == '1' then
+  redis.call('SPUBLISH', channel, envelope)
+else
+  redis.call('PUBLISH', channel, envelope)
+end
+return id
+"""
+
+FUNCTION_LIBRARY = (
+    f"#!lua name={LIBRARY_NAME}\n"
+    f"local function publish(keys, args){_LUA_BODY}end\n"
+    f"redis.register_function('{FUNCTION_NAME}', publish)\n"
+)
+EVAL_SCRIPT = f"local keys, args = KEYS, ARGV\n{_LUA_BODY}"
+
+
+def history_key(channel: bytes) -> bytes:
+    """The stream key of a channel's history, in the channel's own hash slot.
+
+    A channel with no braces is wrapped whole in a hash tag (`{example.alice}:history`);
+    one with a hash tag of its own keeps it (`a{b}c:history`). A channel with braces but
+    no valid tag hashes whole, and gets the first short tag found in that slot.
+    """
+    if b"{" not in channel and b"}" not in channel:
+        return b"{" + channel + b"}" + HISTORY_SUFFIX
+    key = channel + HISTORY_SUFFIX
+    slot = key_slot(channel)
+    if key_slot(key) == slot:
+        return key
+    tag = next(b"%d" % n for n in range(1 << 20) if key_slot(b"%d" % n) == slot)
+    return b"{" + tag + b"}" + HISTORY_SUFFIX + b":" + channel
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """A message's place in its token's history: the channel's tag, the epoch, then
+    the entry. Positions of one token order its messages."""
+
+    tag: bytes
+    epoch: tuple[int, int]
+    entry: tuple[int, int]
+
+    @classmethod
+    def parse(cls, text: bytes | str) -> Position | None:
+        """The position an id names, or None for anything that is not one."""
+        raw = text.encode("latin-1", "replace") if isinstance(text, str) else text
+        match = _POSITION.fullmatch(raw)
+        if match is None:
+            return None
+        *numbers, tag = match.groups()
+        ms, seq, epoch_ms, epoch_seq = (int(number) for number in numbers)
+        position = cls(tag, (epoch_ms, epoch_seq), (ms, seq))
+        return position if bytes(position) == raw else None  # one spelling per id
+
+    @classmethod
+    def of_entry(cls, tag: bytes, entry: bytes, epoch: bytes) -> Position:
+        ms, _, seq = entry.partition(b"-")
+        epoch_ms, _, epoch_seq = epoch.partition(b"-")
+        return cls(tag, (int(epoch_ms), int(epoch_seq)), (int(ms), int(seq)))
+
+    @property
+    def entry_id(self) -> bytes:
+        return b"%d-%d" % self.entry
+
+    def __bytes__(self) -> bytes:
+        return b"%d-%d.%d-%d.%s" % (*self.entry, *self.epoch, self.tag)
+
+    def __str__(self) -> str:
+        return bytes(self).decode()
+
+
+# The position of a client that came while its token had no history: before the first
+# message of whatever epoch comes next.
+ORIGIN = Position(b"00000000", (0, 0), (0, 0))
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A live message published with history."""
+
+    id: bytes
+    previous: bytes | None
+    payload: bytes
+
+
+def open_envelope(data: bytes) -> Envelope | None:
+    """The id, previous id and payload of a live message with history; None for a
+    plain message (published with PUBLISH), which is delivered as it is."""
+    if not data.startswith(ENVELOPE):
+        return None
+    head, newline, payload = data.partition(b"\n")
+    if not newline:
+        return None
+    fields = head[len(ENVELOPE) :].split(b" ")
+    if len(fields) != 2:
+        return None
+    message_id, previous = fields
+    return Envelope(message_id, None if previous == NO_PREVIOUS else previous, payload)
+
+
+def publish_arguments(
+    channel: bytes, payload: bytes, size: int, ttl: int, sharded: bool
+) -> tuple[list[bytes], list[bytes | int]]:
+    """KEYS and ARGV of one publish with history."""
+    return [history_key(channel)], [channel, payload, size, ttl, b"1" if sharded else b"0"]
+
+
+def function_missing(exc: ResponseError) -> bool:
+    """The error of an FCALL whose Function is not loaded (yet, or any more)."""
+    return "function not found" in str(exc).lower()
+
+
+def functions_unsupported(exc: ResponseError) -> bool:
+    """The error of FCALL or FUNCTION on a Redis older than 7."""
+    text = str(exc).lower()
+    return "unknown command" in text
+
+
+def reply_text(reply: Any) -> bytes:
+    return reply if isinstance(reply, bytes) else str(reply).encode()
+
+
+def publish_with_history(
+    client: Any, channel: bytes, payload: bytes, size: int, ttl: int, sharded: bool = False
+) -> bytes:
+    """Record and publish one message with a redis-py client; its id.
+
+    FCALL first; a Redis that lost the Function (a restart, a flush) gets it loaded
+    again, and a Redis without Functions (before 7) runs the same Lua by EVALSHA.
+    """
+    keys, args = publish_arguments(channel, payload, size, ttl, sharded)
+    try:
+        return reply_text(client.fcall(FUNCTION_NAME, 1, *keys, *args))
+    except ResponseError as exc:
+        if function_missing(exc):
+            client.function_load(FUNCTION_LIBRARY, replace=True)
+            return reply_text(client.fcall(FUNCTION_NAME, 1, *keys, *args))
+        if not functions_unsupported(exc):
+            raise
+    return reply_text(client.register_script(EVAL_SCRIPT)(keys, args))
+
+
+async def apublish_with_history(
+    client: Any, channel: bytes, payload: bytes, size: int, ttl: int, sharded: bool = False
+) -> bytes:
+    """`publish_with_history` for a `redis.asyncio` client."""
+    keys, args = publish_arguments(channel, payload, size, ttl, sharded)
+    try:
+        return reply_text(await client.fcall(FUNCTION_NAME, 1, *keys, *args))
+    except ResponseError as exc:
+        if function_missing(exc):
+            await client.function_load(FUNCTION_LIBRARY, replace=True)
+            return reply_text(await client.fcall(FUNCTION_NAME, 1, *keys, *args))
+        if not functions_unsupported(exc):
+            raise
+    return reply_text(await client.register_script(EVAL_SCRIPT)(keys, args))
+
+
+async def load_function(client: Any) -> str:
+    """Load the Function (or, before Redis 7, the script) so publishers find it; what
+    was loaded, for the start-up log."""
+    try:
+        await client.function_load(FUNCTION_LIBRARY, replace=True)
+        return f"function {FUNCTION_NAME}"
+    except ResponseError as exc:
+        if not functions_unsupported(exc):
+            raise
+    sha = await client.script_load(EVAL_SCRIPT)
+    return f"script {reply_text(sha).decode()}"
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What a client resuming from a position gets before live messages.
+
+    `current` is the token's last position (None: no history kept). `reset` says the
+    position cannot be resumed from exactly (too old, unknown, another epoch or token,
+    in the future): the client is told, and nothing is replayed.
+    """
+
+    current: Position | None
+    entries: tuple[tuple[Position, bytes], ...] = ()
+    reset: bool = False
+
+
+def channel_tag(channel: bytes) -> bytes:
+    """The part of every id that names its channel, so another token's id is refused."""
+    return hashlib.sha1(channel).hexdigest()[:8].encode()
+
+
+def entry_position(tag: bytes, entry: bytes, fields: dict[bytes, bytes]) -> Position:
+    """An entry's position: its epoch is kept in each entry but the first (its own id)."""
+    return Position.of_entry(tag, entry, fields.get(b"e") or entry)
+
+
+async def replay_since(client: Any, channel: bytes, position: Position | None) -> Replay:
+    """The entries after `position` in the channel's history, read in one round trip.
+
+    The newest entry comes first, then the range after the position: the range is
+    what is replayed (a publish in between only makes it longer), the newest entry says
+    whether a position with nothing after it is the last one or names nothing.
+    """
+    key, tag = history_key(channel), channel_tag(channel)
+    pipe = client.pipeline(transaction=False)
+    pipe.xrevrange(key, count=1)
+    if position is not None:
+        pipe.xrange(key, min=b"(" + position.entry_id)
+    replies = await pipe.execute()
+    newest = replies[0]
+    current = entry_position(tag, *newest[0]) if newest else None
+    if position is None:
+        return Replay(current)
+    later = replies[1]
+    if not later:
+        caught_up = current == position or (current is None and position == ORIGIN)
+        return Replay(current, reset=not caught_up)
+    first_entry, first_fields = later[0]
+    first = entry_position(tag, first_entry, first_fields)
+    if position == ORIGIN:  # no history when the client came: all of this epoch is new
+        resumes = first_fields.get(b"p") == b""
+    else:
+        resumes = (
+            position.tag == tag
+            and first.epoch == position.epoch
+            and first_fields.get(b"p") == position.entry_id
+        )
+    if not resumes:
+        return Replay(entry_position(tag, *later[-1]), reset=True)
+    entries = tuple((entry_position(tag, entry, fields), fields[b"d"]) for entry, fields in later)
+    return Replay(entries[-1][0], entries)
