@@ -37,6 +37,7 @@ FUNCTION_NAME = "wspush_publish"
 ENVELOPE = b"\x00wspush1 "
 NO_PREVIOUS = b"-"
 HISTORY_SUFFIX = b":history"
+DEFAULT_TTL = 3600  # seconds a history is kept after its last publish (--history-ttl)
 
 _ENTRY = rb"(\d{1,20})-(\d{1,20})"
 _POSITION = re.compile(_ENTRY + rb"\." + _ENTRY + rb"\.([0-9a-f]{8})")
