@@ -1,0 +1,287 @@
+"""Resume after reconnect: a client that comes back with the id of the last message it
+got receives what it missed, in order, then the live messages, with no gap and no
+duplicate; a position that cannot be resumed is told so with a reset, never a refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from tests.clients import SSEClient, receive, websocket
+from tests.conftest import RedisServer, Wspush
+from wspush import history
+
+pytestmark = pytest.mark.anyio
+
+SIZE = 50
+META = "wspush.v1"  # the WebSocket subprotocol that carries ids and resets
+
+
+@pytest.fixture
+def resumable(spawn: Callable[..., Wspush], fresh_redis: RedisServer) -> Wspush:
+    return spawn("-redis", fresh_redis.address, "--history-size", str(SIZE))
+
+
+def publish(server: RedisServer, token: str, message: str, size: int = SIZE) -> str:
+    with server.client() as client:
+        result = history.publish_with_history(
+            client, b"example." + token.encode(), message.encode(), size, 3600
+        )
+    return result.decode()
+
+
+def parse_events(body: bytes) -> list[dict[str, str]]:
+    """Complete events as EventSource sees them: type, id (when the event has one) and data."""
+    events = []
+    for block in body.replace(b"\r\n", b"\n").split(b"\n\n")[:-1]:
+        event: dict[str, str] = {}
+        data: list[str] = []
+        for line in block.decode().split("\n"):
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                data.append(value)
+            elif name in ("id", "event"):
+                event[name] = value
+        if data:
+            event["data"] = "\n".join(data)
+        if event:
+            events.append(event)
+    return events
+
+
+async def sse_until(client: SSEClient, count: int, timeout: float = 5.0) -> list[dict[str, str]]:
+    """Wait until `count` events with data have arrived; all events so far."""
+    async with asyncio.timeout(timeout):
+        while sum("data" in e for e in parse_events(bytes(client.body))) < count:
+            await client.wait_for(b"\n\n", timeout)
+            await asyncio.sleep(0.01)
+    return parse_events(bytes(client.body))
+
+
+def messages(events: list[dict[str, str]]) -> list[str]:
+    return [e["data"] for e in events if "data" in e and "event" not in e]
+
+
+async def test_a_fresh_sse_client_learns_the_current_position_at_once(
+    resumable: Wspush, fresh_redis: RedisServer, token: str
+) -> None:
+    last = [publish(fresh_redis, token, f"m{n}") for n in range(3)][-1]
+    async with SSEClient(f"{resumable.url}/sse?token={token}") as client:
+        await client.wait_for(b"\n\n")
+        assert parse_events(bytes(client.body))[0] == {"id": last}
+
+
+async def test_an_empty_history_still_gives_a_position_to_resume_from(
+    resumable: Wspush, fresh_redis: RedisServer, token: str
+) -> None:
+    async with SSEClient(f"{resumable.url}/sse?token={token}") as client:
+        await client.wait_for(b"\n\n")
+        origin = parse_events(bytes(client.body))[0]["id"]
+    published = [publish(fresh_redis, token, f"m{n}") for n in range(2)]
+    headers = {"Last-Event-ID": origin}
+    async with SSEClient(f"{resumable.url}/sse?token={token}", headers) as client:
+        events = await sse_until(client, 2)
+    assert messages(events) == ["m0", "m1"]
+    assert [e["id"] for e in events if "data" in e] == published
+
+
+async def test_live_messages_carry_their_id_and_plain_publishes_none(
+    resumable: Wspush, fresh_redis: RedisServer, token: str
+) -> None:
+    async with SSEClient(f"{resumable.url}/sse?token={token}") as client:
+        await client.wait_for(b"\n\n")
+        message_id = publish(fresh_redis, token, "with id")
+        fresh_redis.publish(f"example.{token}", "plain")
+        events = await sse_until(client, 2)
+    assert events[1:] == [{"id": message_id, "data": "with id"}, {"data": "plain"}]
+
+
+async def test_last_event_id_replays_what_was_missed_then_goes_live(
+    resumable: Wspush, fresh_redis: RedisServer, token: str
+) -> None:
+    ids = [publish(fresh_redis, token, f"m{n}") for n in range(5)]
+    headers = {"Last-Event-ID": ids[1]}
+    async with SSEClient(f"{resumable.url}/sse?token={token}", headers) as client:
+        await sse_until(client, 3)
+        ids.append(publish(fresh_redis, token, "m5"))
+        events = await sse_until(client, 4)
+    assert messages(events) == ["m2", "m3", "m4", "m5"]
+    assert [e["id"] for e in events] == ids[2:]
+
+
+async def test_the_header_wins_over_the_query(
+    resumable: Wspush, fresh_redis: RedisServer, token: str
+) -> None:
+    ids = [publish(fresh_redis, token, f"m{n}") for n in range(4)]
+    url = f"{resumable.url}/sse?token={token}&last_event_id={ids[0]}"
+    async with SSEClient(url, {"Last-Event-ID": ids[2]}) as client:
+        events = await sse_until(client, 1)
+    assert messages(events) == ["m3"]
+    async with SSEClient(url) as client:
+        events = await sse_until(client, 3)
+    assert messages(events) == ["m1", "m2", "m3"]
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("too old", "trimmed"),
+        ("garbage", "unknown"),
+        ("future", "unknown"),
+        ("another token", "unknown"),
+        ("expired history", "unknown"),
+    ],
+)
+async def test_a_position_that_cannot_resume_is_a_reset_not_a_refusal(
+    resumable: Wspush, fresh_redis: RedisServer, token: str, case: str, reason: str
+) -> None:
+    ids = [publish(fresh_redis, token, f"m{n}", size=3) for n in range(6)]
+    current = ids[-1]
+    position = {
+        "too old": ids[0],
+        "garbage": "not-an-id\u00e9",
+        "future": "99999999999999-0." + ids[0].split(".", 1)[1],
+        "another token": publish(fresh_redis, token + "-other", "x"),
+        "expired history": ids[-1],
+    }[case]
+    if case == "expired history":
+        with fresh_redis.client() as client:
+            client.delete(history.history_key(f"example.{token}".encode()))
+        await asyncio.sleep(0.01)
+        current = publish(fresh_redis, token, "after")
+    async with SSEClient(f"{resumable.url}/sse?token={token}", {"Last-Event-ID": position}) as c:
+        assert c.status == 200
+        events = await sse_until(c, 1)
+        assert events[0] == {"event": "wspush-reset", "id": current, "data": reason}
+        live = publish(fresh_redis, token, "live")
+        events = await sse_until(c, 2)
+    assert events[1:] == [{"id": live, "data": "live"}]
+    assert messages(events) == ["live"]
+
+
+async def test_redis_restarted_without_persistence_is_a_reset(
+    resumable: Wspush, fresh_redis: RedisServer, token: str
+) -> None:
+    before = publish(fresh_redis, token, "before")
+    fresh_redis.kill()
+    fresh_redis.start()
+    resumable.wait_ready(timeout=20)
+    async with SSEClient(f"{resumable.url}/sse?token={token}", {"Last-Event-ID": before}) as c:
+        events = await sse_until(c, 1)
+    assert events[0]["event"] == "wspush-reset"
+
+
+async def test_a_websocket_with_the_meta_subprotocol_resumes_with_ids(
+    resumable: Wspush, fresh_redis: RedisServer, token: str
+) -> None:
+    ids = [publish(fresh_redis, token, f"m{n}") for n in range(3)]
+    url = resumable.ws_url(token) + f"&last_event_id={ids[0]}"
+    async with websocket(url, subprotocols=[META]) as ws:
+        assert ws.subprotocol == META
+        frames = [await receive(ws) for _ in range(2)]
+        live = publish(fresh_redis, token, "live")
+        frames.append(await receive(ws))
+    as_bytes = [f.encode() if isinstance(f, str) else f for f in frames]
+    assert as_bytes == [
+        f"id: {ids[1]}\n\nm1".encode(),
+        f"id: {ids[2]}\n\nm2".encode(),
+        f"id: {live}\n\nlive".encode(),
+    ]
+
+
+async def test_a_websocket_without_the_subprotocol_gets_raw_frames_as_before(
+    resumable: Wspush, fresh_redis: RedisServer, token: str
+) -> None:
+    ids = [publish(fresh_redis, token, f"m{n}") for n in range(3)]
+    async with websocket(resumable.ws_url(token) + f"&last_event_id={ids[0]}") as ws:
+        assert ws.subprotocol is None
+        assert [await receive(ws) for _ in range(2)] == [b"m1", b"m2"]
+
+
+async def test_a_websocket_reset_and_position_in_the_meta_framing(
+    resumable: Wspush, fresh_redis: RedisServer, token: str
+) -> None:
+    current = publish(fresh_redis, token, "m0")
+    async with websocket(resumable.ws_url(token), subprotocols=[META]) as ws:
+        assert await receive(ws) == f"event: wspush-position\nid: {current}\n\n".encode()
+    async with websocket(
+        resumable.ws_url(token) + "&last_event_id=junk", subprotocols=[META]
+    ) as ws:
+        assert await receive(ws) == f"event: wspush-reset\nid: {current}\n\nunknown".encode()
+
+
+async def test_history_off_keeps_todays_stream(
+    spawn: Callable[..., Wspush], fresh_redis: RedisServer, token: str
+) -> None:
+    relay = spawn("-redis", fresh_redis.address)
+    async with SSEClient(f"{relay.url}/sse?token={token}", {"Last-Event-ID": "x"}) as client:
+        await asyncio.sleep(0.3)
+        fresh_redis.publish(f"example.{token}", "plain")
+        await client.wait_for(b"data:plain\n\n")
+        assert bytes(client.body) == b"data:plain\n\n"
+
+
+async def test_hand_over_is_exact_under_concurrent_publishers(
+    resumable: Wspush, fresh_redis: RedisServer, token: str
+) -> None:
+    """Clients drop and resume at random points while two publishers publish: every
+    client ends with exactly the published sequence."""
+    total, clients = 400, 4
+    published: list[str] = []
+    done = asyncio.Event()
+
+    async def publisher(tag: str) -> None:
+        client = redis.asyncio.Redis(port=fresh_redis.port)
+        try:
+            for n in range(total // 2):
+                await history.apublish_with_history(
+                    client, f"example.{token}".encode(), f"{tag}{n}".encode(), 1000, 3600
+                )
+                if n % 7 == 0:
+                    await asyncio.sleep(0.001)
+        finally:
+            await client.aclose()
+
+    async def follower() -> list[str]:
+        received: list[str] = []
+        position = ""
+        while True:
+            headers = {"Last-Event-ID": position} if position else {}
+            async with SSEClient(f"{resumable.url}/sse?token={token}", headers) as client:
+                stop_after = random.uniform(0.005, 0.05)
+                await asyncio.sleep(stop_after)
+                await client.wait_for(b"\n\n")
+                for event in parse_events(bytes(client.body)):
+                    assert "event" not in event, event  # no reset may happen here
+                    if "data" in event:
+                        received.append(event["data"])
+                    position = event.get("id", position)
+            if done.is_set() and len(received) >= total:
+                return received
+
+    followers = [asyncio.create_task(follower()) for _ in range(clients)]
+    await asyncio.sleep(0.2)
+    async with asyncio.timeout(60):
+        await asyncio.gather(publisher("a"), publisher("b"))
+        done.set()
+        with fresh_redis.client() as client:
+            key = history.history_key(f"example.{token}".encode())
+            published = [entry[1][b"d"].decode() for entry in client.xrange(key)]
+        results = await asyncio.gather(*followers)
+    assert len(published) == total
+    for received in results:
+        assert received == published
+
+
+def test_the_history_is_bounded_and_expires(fresh_redis: RedisServer, token: str) -> None:
+    for n in range(10 * SIZE):
+        publish(fresh_redis, token, f"m{n}")
+    with fresh_redis.client() as client:
+        key = history.history_key(f"example.{token}".encode())
+        assert client.xlen(key) == SIZE
+        assert 0 < client.ttl(key) <= 3600
