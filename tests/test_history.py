@@ -17,7 +17,7 @@ from redis.crc import key_slot
 
 from tests.conftest import RedisServer
 from wspush import history
-from wspush.history import ORIGIN, Position
+from wspush.history import TRIMMED, UNKNOWN, Position, origin
 
 pytestmark = pytest.mark.anyio
 
@@ -45,9 +45,12 @@ def publish(client: redis.Redis, payload: bytes, channel: bytes = CHANNEL) -> by
     return history.publish_with_history(client, channel, payload, SIZE, TTL)
 
 
-async def replay(server: RedisServer, position: Position | None, channel: bytes = CHANNEL):
+async def replay(
+    server: RedisServer, position: Position | bytes | None, channel: bytes = CHANNEL
+) -> history.Replay:
+    claimed = bytes(position) if isinstance(position, Position) else position
     async with aioredis.Redis.from_url(server.url) as client:
-        return await history.replay_since(client, channel, position)
+        return await history.replay_since(client, channel, claimed)
 
 
 def test_a_publish_is_recorded_and_published_in_an_envelope(client: redis.Redis) -> None:
@@ -86,7 +89,7 @@ async def test_a_position_a_few_messages_behind_replays_what_followed(
     server: RedisServer, client: redis.Redis
 ) -> None:
     ids = [publish(client, b"%d" % n) for n in range(SIZE)]
-    result = await replay(server, Position.parse(ids[1]))
+    result = await replay(server, ids[1])
     assert not result.reset
     assert [payload for _, payload in result.entries] == [b"2", b"3", b"4"]
     assert [bytes(position) for position, _ in result.entries] == ids[2:]
@@ -95,8 +98,8 @@ async def test_a_position_a_few_messages_behind_replays_what_followed(
 
 async def test_the_last_position_is_caught_up(server: RedisServer, client: redis.Redis) -> None:
     ids = [publish(client, b"m") for _ in range(3)]
-    result = await replay(server, Position.parse(ids[-1]))
-    assert (result.reset, result.entries) == (False, ())
+    result = await replay(server, ids[-1])
+    assert (result.reset, result.entries) == ("", ())
 
 
 async def test_a_trimmed_position_whose_successor_is_kept_resumes(
@@ -104,7 +107,7 @@ async def test_a_trimmed_position_whose_successor_is_kept_resumes(
 ) -> None:
     ids = [publish(client, b"%d" % n) for n in range(SIZE + 1)]  # ids[0] is trimmed
     assert client.xlen(history.history_key(CHANNEL)) == SIZE
-    result = await replay(server, Position.parse(ids[0]))
+    result = await replay(server, ids[0])
     assert not result.reset
     assert [payload for _, payload in result.entries] == [b"%d" % n for n in range(1, SIZE + 1)]
 
@@ -113,8 +116,8 @@ async def test_a_position_older_than_what_is_kept_is_a_reset(
     server: RedisServer, client: redis.Redis
 ) -> None:
     ids = [publish(client, b"m") for _ in range(SIZE + 2)]
-    result = await replay(server, Position.parse(ids[0]))
-    assert result.reset
+    result = await replay(server, ids[0])
+    assert result.reset == TRIMMED
     assert result.entries == ()
     assert bytes(result.current) == ids[-1]  # type: ignore[arg-type]
 
@@ -129,8 +132,8 @@ async def test_unknown_future_and_foreign_positions_are_resets(
     unknown = Position(last.tag, last.epoch, (last.entry[0], last.entry[1] + 7))
     future = Position(last.tag, last.epoch, (last.entry[0] + 10_000, 0))
     between = Position(last.tag, last.epoch, (last.entry[0] - 1, 5))
-    for position in (unknown, between, future, Position.parse(other)):
-        assert (await replay(server, position)).reset, position
+    for position in (unknown, between, future, other, b"garbage", b"1-0.1-0.zzzzzzzz"):
+        assert (await replay(server, position)).reset == UNKNOWN, position
 
 
 async def test_a_new_epoch_after_the_history_expired_is_a_reset(
@@ -141,15 +144,16 @@ async def test_a_new_epoch_after_the_history_expired_is_a_reset(
     await anyio.sleep(0.002)  # either comes far later than one millisecond (epochs are ms-based)
     new = publish(client, b"after")
     assert Position.parse(new).epoch != Position.parse(old).epoch  # type: ignore[union-attr]
-    result = await replay(server, Position.parse(old))
-    assert result.reset
+    result = await replay(server, old)
+    assert result.reset == UNKNOWN
     assert bytes(result.current) == new  # type: ignore[arg-type]
 
 
 async def test_no_history_at_all(server: RedisServer) -> None:
-    assert await replay(server, None) == history.Replay(None)
-    assert (await replay(server, ORIGIN)).reset is False
-    assert (await replay(server, Position(b"12345678", (1, 0), (2, 0)))).reset is True
+    assert await replay(server, None) == history.Replay(origin(CHANNEL))
+    assert (await replay(server, origin(CHANNEL))).reset == ""
+    assert (await replay(server, origin(b"example.bob"))).reset == UNKNOWN
+    assert (await replay(server, Position(b"12345678", (1, 0), (2, 0)))).reset == UNKNOWN
 
 
 async def test_the_origin_replays_a_history_begun_since(
@@ -157,7 +161,7 @@ async def test_the_origin_replays_a_history_begun_since(
 ) -> None:
     publish(client, b"first")
     publish(client, b"second")
-    result = await replay(server, ORIGIN)
+    result = await replay(server, origin(CHANNEL))
     assert [payload for _, payload in result.entries] == [b"first", b"second"]
 
 

@@ -123,9 +123,7 @@ class Position:
 
     @classmethod
     def of_entry(cls, tag: bytes, entry: bytes, epoch: bytes) -> Position:
-        ms, _, seq = entry.partition(b"-")
-        epoch_ms, _, epoch_seq = epoch.partition(b"-")
-        return cls(tag, (int(epoch_ms), int(epoch_seq)), (int(ms), int(seq)))
+        return cls(tag, entry_key(epoch), entry_key(entry))
 
     @property
     def entry_id(self) -> bytes:
@@ -136,11 +134,6 @@ class Position:
 
     def __str__(self) -> str:
         return bytes(self).decode()
-
-
-# The position of a client that came while its token had no history: before the first
-# message of whatever epoch comes next.
-ORIGIN = Position(b"00000000", (0, 0), (0, 0))
 
 
 @dataclass(frozen=True)
@@ -238,18 +231,25 @@ async def load_function(client: Any) -> str:
     return f"script {reply_text(sha).decode()}"
 
 
+# Why a position cannot be resumed from: older than what is kept (its epoch still is),
+# or not a position of this token's history at all (garbage, another token's, from the
+# future, or from a history that expired or was lost with a Redis restart).
+TRIMMED = "trimmed"
+UNKNOWN = "unknown"
+
+
 @dataclass(frozen=True)
 class Replay:
     """What a client resuming from a position gets before live messages.
 
-    `current` is the token's last position (None: no history kept). `reset` says the
-    position cannot be resumed from exactly (too old, unknown, another epoch or token,
-    in the future): the client is told, and nothing is replayed.
+    `current` is the token's last position (its origin when no history is kept).
+    `reset` names why the position cannot be resumed from exactly; then nothing is
+    replayed, and the client is told so.
     """
 
-    current: Position | None
+    current: Position
     entries: tuple[tuple[Position, bytes], ...] = ()
-    reset: bool = False
+    reset: str = ""
 
 
 def channel_tag(channel: bytes) -> bytes:
@@ -257,43 +257,76 @@ def channel_tag(channel: bytes) -> bytes:
     return hashlib.sha1(channel).hexdigest()[:8].encode()
 
 
+def origin(channel: bytes) -> Position:
+    """The position of a client that came while its token had no history: before the
+    first message of whatever epoch comes next."""
+    return Position(channel_tag(channel), (0, 0), (0, 0))
+
+
+def entry_key(entry: bytes) -> tuple[int, int]:
+    """A stream entry id as a number pair, in the order Redis gives them."""
+    ms, _, seq = entry.partition(b"-")
+    return int(ms), int(seq)
+
+
 def entry_position(tag: bytes, entry: bytes, fields: dict[bytes, bytes]) -> Position:
     """An entry's position: its epoch is kept in each entry but the first (its own id)."""
     return Position.of_entry(tag, entry, fields.get(b"e") or entry)
 
 
-async def replay_since(client: Any, channel: bytes, position: Position | None) -> Replay:
-    """The entries after `position` in the channel's history, read in one round trip.
-
-    The newest entry comes first, then the range after the position: the range is
-    what is replayed (a publish in between only makes it longer), the newest entry says
-    whether a position with nothing after it is the last one or names nothing.
-    """
-    key, tag = history_key(channel), channel_tag(channel)
-    pipe = client.pipeline(transaction=False)
+def queue_reads(pipe: Any, channel: bytes, position: Position | None) -> None:
+    """The reads of one replay, added to a pipeline: the newest entry, then the range
+    after the position (the range is what is replayed: a publish in between only makes
+    it longer; the newest entry says whether an empty range means caught up)."""
+    key = history_key(channel)
     pipe.xrevrange(key, count=1)
     if position is not None:
         pipe.xrange(key, min=b"(" + position.entry_id)
-    replies = await pipe.execute()
+
+
+def parse_position(claimed: bytes | None) -> tuple[bool, Position | None]:
+    """Whether a client claimed a position, and the position (None: none, or garbage)."""
+    if claimed is None or claimed == b"":
+        return False, None
+    return True, Position.parse(claimed)
+
+
+def replay_of(
+    channel: bytes, claimed: bool, position: Position | None, replies: list[Any]
+) -> Replay:
+    """The replay for a position from the replies of `queue_reads`."""
+    tag = channel_tag(channel)
     newest = replies[0]
-    current = entry_position(tag, *newest[0]) if newest else None
-    if position is None:
+    current = entry_position(tag, *newest[0]) if newest else origin(channel)
+    if not claimed:
         return Replay(current)
+    if position is None or position.tag != tag:
+        return Replay(current, reset=UNKNOWN)
     later = replies[1]
     if not later:
-        caught_up = current == position or (current is None and position == ORIGIN)
-        return Replay(current, reset=not caught_up)
+        return Replay(current, reset="" if current == position else UNKNOWN)
     first_entry, first_fields = later[0]
     first = entry_position(tag, first_entry, first_fields)
-    if position == ORIGIN:  # no history when the client came: all of this epoch is new
+    if position == origin(channel):  # no history when the client came: all is new
         resumes = first_fields.get(b"p") == b""
     else:
-        resumes = (
-            position.tag == tag
-            and first.epoch == position.epoch
-            and first_fields.get(b"p") == position.entry_id
-        )
+        resumes = first.epoch == position.epoch and first_fields.get(b"p") == position.entry_id
     if not resumes:
-        return Replay(entry_position(tag, *later[-1]), reset=True)
+        # Trimmed: the entry before the first one after it is younger than the position
+        # (gone since); anything else names no entry of this history.
+        before = first_fields.get(b"p") or b""
+        trimmed = (
+            first.epoch == position.epoch and bool(before) and entry_key(before) > position.entry
+        )
+        return Replay(entry_position(tag, *later[-1]), reset=TRIMMED if trimmed else UNKNOWN)
     entries = tuple((entry_position(tag, entry, fields), fields[b"d"]) for entry, fields in later)
     return Replay(entries[-1][0], entries)
+
+
+async def replay_since(client: Any, channel: bytes, claimed: bytes | None) -> Replay:
+    """The replay for a client that claims position `claimed` (None: claims none), read
+    in one round trip."""
+    was_claimed, position = parse_position(claimed)
+    pipe = client.pipeline(transaction=False)
+    queue_reads(pipe, channel, position)
+    return replay_of(channel, was_claimed, position, await pipe.execute())
