@@ -19,6 +19,8 @@ import httpx
 import pytest
 import redis
 
+from tests.jwts import KeyPair, make_key_pairs
+
 STARTUP_TIMEOUT = 15.0
 
 
@@ -126,10 +128,13 @@ class Wspush:
     def ws_url(self, token: str, path: str = "/") -> str:
         return f"ws://127.0.0.1:{self.port}{path}?token={token}"
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "wspush", *self.args]
+
     def start(self, ready: bool = True) -> Wspush:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "wspush", *self.args],
+                self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
@@ -167,6 +172,21 @@ class Wspush:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class StockUvicorn(Wspush):
+    """`uvicorn wspush.app:app` as a bare deployment runs it: stock uvicorn protocols,
+    configured by the environment alone."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("WSPUSH_")}
+        super().__init__(workdir, env=env)
+        self.env = {**clean, "PYTHONUNBUFFERED": "1", **env}
+        self.args = []
+
+    def command(self) -> list[str]:
+        port = str(self.port)
+        return [sys.executable, "-m", "uvicorn", "wspush.app:app", "--port", port]
 
 
 @pytest.fixture
@@ -225,6 +245,12 @@ def fresh_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def key_pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
+    """RS256, ES256 and EdDSA key pairs, their public keys in PEM files."""
+    return make_key_pairs(tmp_path_factory.mktemp("jwt-keys"))
 
 
 @pytest.fixture
