@@ -395,3 +395,26 @@ def test_browser_runs_the_readme_renewal_and_keeps_receiving_across_expiries(
     assert len(issued) >= 3
     missed = [message for message in sent[2:] if message not in got]
     assert not missed, (missed, got)
+
+
+def test_browser_demo_page_routes_a_jwt_by_its_sub_and_says_when_it_expired(
+    context: BrowserContext, spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
+) -> None:
+    server = spawn(
+        "-redis", redis_server.address, "--demo", "--jwt-secret", SECRET, "--jwt-leeway", "0"
+    )
+    page = context.new_page()
+    errors = watch_console(page)
+    page.goto(server.url + "/demo")
+    expect(page.locator("#token-note")).to_contain_text("This relay takes JWTs")
+    connect_demo(page, signed({"sub": token, "exp": int(time.time()) + 3}))
+    expect(page.locator("#publish-command")).to_have_text(
+        f"redis-cli PUBLISH example.{token} hello", timeout=WAIT_MS
+    )
+    redis_server.publish(f"example.{token}", "for the sub")
+    for pane in ("#sse", "#ws"):
+        expect(page.locator(f"{pane} li.message .data")).to_have_text(["for the sub"])
+    expect(page.locator("#sse .state")).to_have_text("closed", timeout=WAIT_MS)
+    expect(page.locator("#sse ol.log")).to_contain_text("the token expired")
+    expect(page.locator("#ws ol.log")).to_contain_text("1008 \u201ctoken expired\u201d")
+    assert errors == [], errors

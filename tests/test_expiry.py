@@ -103,6 +103,7 @@ async def test_a_connection_is_closed_within_a_second_of_expiry_then_its_token_i
             pass
     assert refused.value.response.status_code == 400
     assert refused.value.response.body == b"token expired\n"
+    assert refused.value.response.headers["access-control-allow-origin"] == "*"
     assert "Traceback" not in server.log()
 
 

@@ -324,13 +324,15 @@ HEADERS = st.dictionaries(st.sampled_from(["alg", "typ", "kid", "crit", "b64"]),
 
 
 def fuzzed_tokens() -> st.SearchStrategy[str]:
-    """Validly signed tokens with any claims, hand-built ones with any header, and
-    tokens of any three segments."""
+    """Validly signed tokens with any claims (or valid claims with some of them replaced),
+    hand-built ones with any header, and tokens of any three segments."""
     return st.one_of(
         CLAIMS.map(
             lambda payload: forged({"alg": "HS256", "typ": "JWT"}, payload, SECRET.encode())
         ),
         st.builds(lambda h, p: forged(h, p, SECRET.encode()), HEADERS, CLAIMS),
+        # valid claims with some replaced by anything: deep into the claim checks
+        CLAIMS.map(lambda extra: forged({"alg": "HS256"}, {**claims(), **extra}, SECRET.encode())),
         st.builds(lambda a, b, c: f"{a}.{b}.{c}", SEGMENT, SEGMENT, SEGMENT),
     )
 
