@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +155,19 @@ def test_one_pem_file_may_hold_several_keys(key_pairs: dict[str, KeyPair], tmp_p
     both.write_bytes(key_pairs["RS256"].public_pem + key_pairs["EdDSA"].public_pem)
     keys = Settings(jwt_public_key=str(both)).jwt_keys
     assert [key.algorithms for key in keys] == [("RS256",), ("EdDSA",)]
+
+
+def test_settings_with_jwt_keys_survive_pickling_into_worker_processes(
+    key_pairs: dict[str, KeyPair],
+) -> None:
+    paths = ",".join(str(pair.path) for pair in key_pairs.values())
+    settings = Settings(jwt_secret="a" * 40, jwt_public_key=paths)
+    copy = pickle.loads(pickle.dumps(settings))
+    assert [key.algorithms for key in copy.jwt_keys] == [
+        key.algorithms for key in settings.jwt_keys
+    ]
+    assert copy.jwt_keys[0].key == b"a" * 40
+    assert copy.jwt_keys[1].key.public_numbers() == settings.jwt_keys[1].key.public_numbers()
 
 
 def pem_file(tmp_path: Path, name: str, data: bytes) -> str:

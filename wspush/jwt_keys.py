@@ -16,7 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_public_key,
+)
 
 # RFC 7518 section 3.2: an HMAC key at least as long as the hash's output.
 HMAC_ALGORITHMS = (("HS256", 32), ("HS384", 48), ("HS512", 64))
@@ -32,6 +36,18 @@ class VerificationKey:
     key: Any = field(repr=False)  # bytes for HMAC (a secret), else a public key
     algorithms: tuple[str, ...]
     name: str  # where it came from, for messages: "secret 2", "keys.pem"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as PEM: settings travel to worker processes (`--workers`), and
+        `cryptography`'s key objects cannot be pickled."""
+        if isinstance(self.key, bytes):
+            return VerificationKey, (self.key, self.algorithms, self.name)
+        pem = self.key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        return unpickle_public_key, (pem, self.algorithms, self.name)
+
+
+def unpickle_public_key(pem: bytes, algorithms: tuple[str, ...], name: str) -> VerificationKey:
+    return VerificationKey(load_pem_public_key(pem), algorithms, name)
 
 
 def secret_keys(value: str) -> tuple[VerificationKey, ...]:
