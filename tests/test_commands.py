@@ -82,6 +82,12 @@ def test_token_jwt_needs_a_secret_and_a_sub() -> None:
     no_sub = wspush("token", "--jwt", "--jwt-secret", SECRET, env=env)
     assert no_sub.returncode == 1
     assert b"--sub" in no_sub.stderr
+    too_long = wspush(
+        "token", "--jwt", "--sub", "a", "--ttl", "7200", "--jwt-secret", SECRET,
+        "--jwt-max-age", "3600", env=env,
+    )  # fmt: skip
+    assert too_long.returncode == 1
+    assert b"longer than --jwt-max-age 3600" in too_long.stderr
 
 
 def test_sign_jwt_is_the_python_helper() -> None:

@@ -48,6 +48,8 @@ def jwt_token(settings: Settings, sub: str, ttl: float) -> str:
         raise CommandError("no JWT secret configured: set --jwt-secret or WSPUSH_JWT_SECRET")
     if not sub:
         raise CommandError("give the JWT's route with --sub")
+    if settings.jwt_max_age and ttl > settings.jwt_max_age:
+        raise CommandError(f"--ttl {ttl:g} is longer than --jwt-max-age {settings.jwt_max_age:g}")
     secret = next(key for key in settings.jwt_keys if key.algorithms[0].startswith("HS"))
     return sign_jwt(
         secret.key, sub, ttl, audience=settings.jwt_audience, issuer=settings.jwt_issuer

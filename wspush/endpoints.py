@@ -346,13 +346,14 @@ class Endpoints:
         setattr(self.stats, refusal.counter, getattr(self.stats, refusal.counter) + 1)
         client = scope.get("client")
         self.refusal_log.refused(
-            f"{refusal.counter}: {refusal.reason}",  # each reason logged (all are fixed texts)
+            refusal.counter,
             "refused %s %s from %s: %d %s",
             scope["type"],
             scope["path"],
             client[0] if client else "?",
             refusal.status,
             refusal.reason,
+            detail=refusal.reason,  # a line for each reason: a bad key is not a bad clock
         )
 
     @functools.cached_property
