@@ -31,7 +31,9 @@ from tests.jwts import (
     forged_raw,
     signed,
 )
+from wspush import create_app
 from wspush.access import Access
+from wspush.endpoints import Refusal
 from wspush.jwt_tokens import MAX_JWT_BYTES, looks_like_jwt
 from wspush.settings import Settings
 from wspush.tokens import TokenError, sign
@@ -419,3 +421,25 @@ def test_the_verifier_only_ever_grants_or_refuses(token: str) -> None:
         return  # refused, with its reason: the only other outcome allowed
     assert 0 < len(grant.route) <= 64
     assert grant.expires is not None
+
+
+def test_a_refused_request_admitted_twice_checks_its_token_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """wspush's own server admits a refused request twice (without a task, then through
+    ASGI); the costly signature check runs once."""
+    endpoints = create_app(Settings(jwt_secret=SECRET)).endpoints  # type: ignore[attr-defined]
+    checks: list[bytes] = []
+    grant = endpoints.access.grant
+    monkeypatch.setattr(
+        endpoints.access, "grant", lambda query: checks.append(query) or grant(query)
+    )
+    scope = {"query_string": b"token=" + signed(claims(), "x" * 40).encode()}
+    for _ in range(2):
+        with pytest.raises(Refusal, match="JWT signature does not verify"):
+            endpoints._authorize(dict(scope))  # a copy, as with proxy headers
+    other = {"query_string": b"token=" + signed(claims(exp=now() - 60)).encode()}
+    with pytest.raises(Refusal, match="token expired") as expired:
+        endpoints._authorize(other)
+    assert expired.value.counter == "refused_token_expired"
+    assert len(checks) == 2
