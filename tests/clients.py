@@ -107,12 +107,12 @@ UPGRADE_HEADERS = (
 
 
 class RawAnswer:
-    """An HTTP answer as it came off the socket: status, headers (names lowercased),
-    body, and whether the server closed the connection after it."""
+    """An HTTP answer as it came off the socket: status (0 if the server closed without
+    one), headers (names lowercased), body, and whether the server closed after it."""
 
     def __init__(self, head: bytes, body: bytes, closed: bool) -> None:
         status_line, *lines = head.decode("latin-1").split("\r\n")
-        self.status = int(status_line.split()[1])
+        self.status = int(status_line.split()[1]) if status_line else 0  # 0: closed, no answer
         self.headers = {}
         for line in lines:
             name, _, value = line.partition(":")
