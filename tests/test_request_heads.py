@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -114,6 +115,17 @@ def test_a_head_over_the_limit_gets_431_with_cors_and_a_close(
     assert answer.headers["access-control-allow-origin"] == "*"
     assert answer.body == b"request head larger than 65536 bytes\n"
     assert answer.closed
+
+
+def test_each_request_on_a_kept_alive_connection_has_the_limit(relay_on: Wspush) -> None:
+    with socket.create_connection(("127.0.0.1", relay_on.port), timeout=1) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"GET /sse?token=abc HTTP/1.1\r\nHost: x\r\n" + ONE_MIB_HEADER + b"\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 ")
 
 
 def test_the_limit_is_a_setting_and_a_431_is_a_counted_refusal(

@@ -44,7 +44,7 @@ from wspush.hub import (
 )
 from wspush.logs import RefusalLog
 from wspush.metrics import metrics_endpoint
-from wspush.protocols import DIRECT_WRITE, DirectWriter, WebSocketDirectWriter
+from wspush.protocols import DIRECT_WRITE, HEAD_LIMITED, DirectWriter, WebSocketDirectWriter
 from wspush.settings import Settings
 from wspush.stats import Stats
 from wspush.subscriber import RedisSubscriber
@@ -302,6 +302,8 @@ class Endpoints:
     def _check_request_head(self, scope: Scope) -> None:
         """The same limit where the server has read the whole head already (a stock
         uvicorn reads heads of any size): the client still gets its 431."""
+        if HEAD_LIMITED in (scope.get("extensions") or ()):
+            return  # wspush's HTTP protocol did, as it read it
         limit = self.settings.max_request_head
         if request_head_size(scope) > limit:
             raise request_head_refusal(limit)

@@ -42,6 +42,10 @@ from wspush.lightweight import LightEvent, LightQueue
 from wspush.settings import DEFAULT_MAX_REQUEST_HEAD
 
 DIRECT_WRITE = "wspush.direct_write"
+# In the scope of a request whose head this server held to the app's `max_request_head`
+# as it read it: the app need not measure the head again.
+HEAD_LIMITED = "wspush.request_head_limited"
+LIMITED: dict[object, object] = {}  # the extension's value: nothing to say but that
 KICK_GRACE = 1.0
 CLOSE_GOING_AWAY = 1001
 # `head_room` of a connection whose head was refused: what it sends is read and dropped
@@ -319,6 +323,11 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
         """uvicorn's, with the request head limit: a head is fed to the parser only as
         far as the limit allows, and refused if it has not ended there."""
         room = self.head_room
+        if room is None and self.cycle is not None and not self.cycle.more_body:
+            # The request before is complete: these bytes begin the next one's head. (If
+            # they came with the end of that request, they were not counted: the limit
+            # may let one read more in.)
+            room = request_head_limit(self.server_state, self.app)
         if room is not None:
             if room == DISCARDING:
                 return
@@ -326,7 +335,7 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
                 self._feed_up_to_head_limit(data, room)
                 return
             self.head_room = room - len(data)
-        super().data_received(data)
+        HttpToolsProtocol.data_received(self, data)
 
     def _feed_up_to_head_limit(self, data: bytes, room: int) -> None:
         super().data_received(data[:room])
@@ -340,13 +349,7 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.head_room = None
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        # The next bytes are the next request's head. (Bytes after this request in the
-        # data being parsed now are not counted: the limit may let one read more in.)
-        self.head_room = request_head_limit(self.server_state, self.app)
+        HttpToolsProtocol.on_headers_complete(self)
 
     def refuse_request_head(self) -> None:
         """Answer a request head over the limit, and close.
@@ -418,7 +421,12 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
         cycle.message_event = LightEvent(cycle.message_event.is_set())  # type: ignore[assignment]
         writer = HTTPDirectWriter(cycle)
         scope: Any = cycle.scope
-        scope["extensions"] = {**(scope.get("extensions") or {}), DIRECT_WRITE: {"writer": writer}}
+        extensions = scope.get("extensions") or {}
+        scope["extensions"] = {
+            **extensions,
+            DIRECT_WRITE: {"writer": writer},
+            HEAD_LIMITED: LIMITED,
+        }
         if app is self.app and self._open_without_task(cycle, writer):
             return
         super()._start_asgi_task(cycle, app)
@@ -714,6 +722,7 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
             "extensions": {
                 "websocket.http.response": {},
                 DIRECT_WRITE: {"writer": WebSocketDirectWriter(self)},
+                HEAD_LIMITED: LIMITED,  # by the HTTP protocol that parsed it
             },
         }
         if self._open_without_task():
