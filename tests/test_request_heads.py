@@ -9,6 +9,7 @@ import asyncio
 import re
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -154,6 +155,20 @@ def test_the_limit_is_a_setting_and_a_431_is_a_counted_refusal(
     metrics = httpx.get(f"http://127.0.0.1:{expvar}/metrics", timeout=5).text
     assert 'wspush_connections_refused_total{reason="request_head"} 2.0' in metrics
     assert re.search(r"refused \w+ /sse from 127\.0\.0\.1: 431 request head larger", server.log())
+
+
+@pytest.mark.parametrize("given", ["flag", "dotenv"])
+def test_max_request_head_comes_from_a_flag_or_a_dotenv_file(
+    spawn: Callable[..., Wspush], redis_server: RedisServer, tmp_path: Path, given: str
+) -> None:
+    if given == "dotenv":
+        (tmp_path / ".env").write_text("WSPUSH_MAX_REQUEST_HEAD=2048\n")
+        server = spawn("-redis", redis_server.address)
+    else:
+        server = spawn("-redis", redis_server.address, "--max-request-head", "2048")
+    fits, too_long = (b"X-Filler: " + b"a" * size + b"\r\n" for size in (1500, 3000))
+    assert raw_request(server.port, "/sse?token=abc", fits).status == 200
+    assert raw_request(server.port, "/sse?token=abc", too_long).status == 431
 
 
 # -- memory: bounded by the limit, not by what clients send -----------------------------
