@@ -3,8 +3,8 @@ does the same, or echoes the request's Origin when an allow-list is set.
 
 `cors_headers_for` makes the one decision, once per app (`Endpoints.cors_headers`);
 everything that writes an answer asks it: this middleware and the app's short path for
-HTTP responses, the WebSocket refusals before an upgrade, and wspush's HTTP protocol
-for a request head it refuses before any app sees it.
+HTTP responses, the WebSocket refusals before an upgrade, and the 431 wspush's HTTP
+protocol writes for a request head it stops reading.
 """
 
 from __future__ import annotations
