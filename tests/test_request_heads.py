@@ -152,6 +152,7 @@ def test_the_limit_is_a_setting_and_a_431_is_a_counted_refusal(
         assert answer.body == b"request head larger than 2048 bytes\n"
     counters = httpx.get(f"http://127.0.0.1:{expvar}/debug/vars", timeout=5).json()["wspush"]
     assert counters["refused_request_head"] == 2
+    assert counters["sessions_seen"] == 4  # refused ones included, on every path
     metrics = httpx.get(f"http://127.0.0.1:{expvar}/metrics", timeout=5).text
     assert 'wspush_connections_refused_total{reason="request_head"} 2.0' in metrics
     assert re.search(r"refused \w+ /sse from 127\.0\.0\.1: 431 request head larger", server.log())

@@ -294,6 +294,7 @@ class Endpoints:
         a server that stops reading it (wspush's HTTP protocol): the scope has the
         headers read so far, enough for the CORS decision."""
         refusal = request_head_refusal(self.settings.max_request_head)
+        self.stats.sessions_seen += 1  # an attempt, as on every other path
         self._count_refusal(refusal, scope)
         response = refusal_response(refusal)
         response.raw_headers += self.cors_headers(scope)
