@@ -50,7 +50,7 @@ def server(
             "WSPUSH_JWT_SECRET": SECRET,
             "WSPUSH_JWT_LEEWAY": str(LEEWAY),
         }
-        relay: Wspush = StockUvicorn(tmp_path, env)
+        relay: Wspush = StockUvicorn(tmp_path, env=env)
     else:
         relay = Wspush(
             tmp_path,

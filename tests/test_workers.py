@@ -80,7 +80,7 @@ async def test_two_workers_each_subscribe_and_together_serve_every_client(
         assert value(samples, "wspush_redis_subscribed") == 2
         # Each worker saw the message once from Redis.
         assert value(samples, "wspush_redis_messages_total") == 2
-        debug_vars = httpx.get(f"http://127.0.0.1:{expvar}/debug/vars", timeout=5).json()
+        debug_vars = httpx.get(f"http://127.0.0.1:{expvar}/debug/vars", timeout=5).json()["wspush"]
         assert debug_vars["successful_deliveries"] == 5
         assert debug_vars["connections_open"] == 5
 
@@ -156,3 +156,4 @@ async def test_workers_take_jwts_checked_with_a_public_key_and_expire_them(
             await receive(ws, timeout=4)
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "token expired")
+    assert server.stop() == 0  # SIGTERM: the workers stop with the supervisor

@@ -4,7 +4,9 @@ Each connection subscribes to the hub and drains its own queue. SSE writes every
 queued event in one body chunk; WebSocket sends one frame per message, as the Go
 program does. Refusals get a precise status: 400 for a bad token, 429 when the token
 has its maximum of connections, 503 while shutting down, 426 for a plain GET on a
-WebSocket path, 405 for any method but GET.
+WebSocket path, 405 for any method but GET, 431 for a request head over
+`--max-request-head`; each with the CORS header, WebSocket refusals before the upgrade
+included.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from wspush.hub import (
 from wspush.jwt_tokens import TOKEN_EXPIRED
 from wspush.logs import RefusalLog
 from wspush.metrics import metrics_endpoint
-from wspush.protocols import DIRECT_WRITE, DirectWriter, WebSocketDirectWriter
+from wspush.protocols import DIRECT_WRITE, HEAD_LIMITED, DirectWriter, WebSocketDirectWriter
 from wspush.settings import Settings
 from wspush.stats import Stats
 from wspush.subscriber import RedisSubscriber
@@ -59,6 +61,7 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 RETRY_AFTER_SECONDS = 5
+LOGGED_PATH = 200  # characters of a refused request's path in its log line
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 Frame = Callable[[Message], "ASGIMessage | None"]
@@ -98,7 +101,6 @@ class Endpoints:
         self.settings = settings
         self.access = Access(settings)
         self._last_refused: tuple[bytes, str] | None = None  # query string, reason
-        self.cors_headers = cors_headers_for(settings.allowed_origins)
         self.serve_metrics = metrics_endpoint(metrics)
         self.refusal_log = RefusalLog()
         self.hub = hub
@@ -106,6 +108,8 @@ class Endpoints:
         self.stats = stats
         self.frame = websocket_framer(settings.ws_frame)
         self.encode_frame = frame_encoder(settings.ws_frame)
+        # The one CORS decision, for every answer the relay writes on any path.
+        self.cors_headers = cors_headers_for(settings.allowed_origins)
 
     # -- plain HTTP ---------------------------------------------------------------------
 
@@ -169,6 +173,7 @@ class Endpoints:
 
     def _admit_sse(self, scope: Scope) -> tuple[bytes, Subscription]:
         """The route and the hub's place for an SSE stream, or the Refusal it gets."""
+        self._check_request_head(scope)
         grant = self._authorize(scope)
         if not is_sse_request(scope):
             raise Refusal(
@@ -230,6 +235,7 @@ class Endpoints:
 
     def _admit_websocket(self, scope: Scope) -> tuple[bytes, Subscription]:
         """The route and the hub's place for a WebSocket, or the Refusal it gets."""
+        self._check_request_head(scope)
         self._check_origin(scope)
         grant = self._authorize(scope)
         return grant.route, self._subscribe(grant, Transport.WEBSOCKET, scope)
@@ -287,6 +293,26 @@ class Endpoints:
             return
 
     # -- shared -------------------------------------------------------------------------
+
+    def refuse_request_head(self, scope: Scope) -> Response:
+        """The answer to a request head over `--max-request-head`, counted and logged, for
+        a server that stops reading it (wspush's HTTP protocol): the scope has the
+        headers read so far, enough for the CORS decision."""
+        refusal = request_head_refusal(self.settings.max_request_head)
+        self.stats.sessions_seen += 1  # an attempt, as on every other path
+        self._count_refusal(refusal, scope)
+        response = refusal_response(refusal)
+        response.raw_headers += self.cors_headers(scope)
+        return response
+
+    def _check_request_head(self, scope: Scope) -> None:
+        """The same limit where the server has read the whole head already (a stock
+        uvicorn reads heads of any size): the client still gets its 431."""
+        if HEAD_LIMITED in (scope.get("extensions") or ()):
+            return  # wspush's HTTP protocol did, as it read it
+        limit = self.settings.max_request_head
+        if request_head_size(scope) > limit:
+            raise request_head_refusal(limit)
 
     def _check_origin(self, scope: Scope) -> None:
         """With --ws-origins, only pages from those origins may open a WebSocket.
@@ -362,7 +388,7 @@ class Endpoints:
             refusal.counter,
             "refused %s %s from %s: %d %s",
             scope["type"],
-            scope["path"],
+            scope.get("path", "?")[:LOGGED_PATH],
             client[0] if client else "?",
             refusal.status,
             refusal.reason,
@@ -665,10 +691,31 @@ def websocket_framer(frame_type: str) -> Frame:
     return framers[frame_type]
 
 
+def request_head_size(scope: Scope) -> int:
+    """The bytes of a request head as the client sent it, from its scope: the request
+    line and the header lines (less any blanks the parser dropped around values)."""
+    target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope["query_string"])
+    size = len(scope.get("method", "GET")) + target
+    size += len(" ? HTTP/1.1\r\n\r\n")
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4  # ": " and CRLF
+    return size
+
+
+def request_head_refusal(limit: int) -> Refusal:
+    return Refusal(
+        431,
+        CLOSE_MESSAGE_TOO_BIG,
+        f"request head larger than {limit} bytes",
+        "refused_request_head",
+    )
+
+
 def refusal_response(refusal: Refusal) -> Response:
     """The HTTP answer to a refusal, with the header that tells the client what next."""
     headers = {
         426: {"Upgrade": "websocket"},
+        431: {"Connection": "close"},  # the rest of that head is not worth reading
         503: {"Retry-After": str(RETRY_AFTER_SECONDS)},
     }.get(refusal.status)
     return PlainTextResponse(refusal.reason + "\n", refusal.status, headers=headers)
@@ -677,11 +724,10 @@ def refusal_response(refusal: Refusal) -> Response:
 async def deny_websocket(
     websocket: WebSocket, refusal: Refusal, cors: list[tuple[bytes, bytes]]
 ) -> None:
-    """An HTTP status before the upgrade where the server can (with the CORS header, as
-    every HTTP answer has), else a close code."""
+    """An HTTP status before the upgrade where the server can, else a close code."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         response = refusal_response(refusal)
-        response.raw_headers.extend(cors)
+        response.raw_headers += cors
         await websocket.send_denial_response(response)
     else:
         await websocket.close(refusal.close_code, refusal.reason)

@@ -36,6 +36,7 @@ REFUSAL_REASONS = (
     "ip_limit",
     "not_websocket",
     "token_expired",
+    "request_head",
 )
 # Why a delivery did not happen: the `reason` label of wspush_messages_dropped_total.
 DROP_REASONS = {
