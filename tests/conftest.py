@@ -20,6 +20,8 @@ import httpx
 import pytest
 import redis
 
+from tests.jwts import KeyPair, make_key_pairs
+
 STARTUP_TIMEOUT = 15.0
 # How a relay is run: the `wspush` command (wspush's own uvicorn protocols), and a stock
 # `uvicorn wspush.app:app` (uvicorn's protocols, plain ASGI).
@@ -272,6 +274,12 @@ def fresh_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def key_pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
+    """RS256, ES256 and EdDSA key pairs, their public keys in PEM files."""
+    return make_key_pairs(tmp_path_factory.mktemp("jwt-keys"))
 
 
 @pytest.fixture

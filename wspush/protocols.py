@@ -583,13 +583,13 @@ class WebSocketDirectWriter:
     async def wait_writable(self) -> None:
         await self.protocol.writable.wait()
 
-    def close(self, code: int) -> None:
+    def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake, as uvicorn does for `websocket.close`."""
         if not self.is_open():
             return
         protocol = self.protocol
-        protocol.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": ""})
-        self._send_close(code, "")
+        protocol.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self._send_close(code, reason)
         protocol.close_timer = protocol.loop.call_later(
             protocol.close_timeout, protocol.transport.close
         )
