@@ -1,5 +1,6 @@
 """Real parts for every test: a redis-server of the suite's own on a free port, wspush
-run as the real `python -m wspush` process under uvicorn, and real clients over TCP."""
+run as the real `python -m wspush` process under uvicorn (or as a stock `uvicorn
+wspush.app:app`, for behaviour that must hold on both), and real clients over TCP."""
 
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ import httpx
 import pytest
 import redis
 
+from tests.jwts import KeyPair, make_key_pairs
+
 STARTUP_TIMEOUT = 15.0
+# How a relay is run: the `wspush` command (wspush's own uvicorn protocols), and a stock
+# `uvicorn wspush.app:app` (uvicorn's protocols, plain ASGI).
+ENGINES = ("wspush", "uvicorn")
 
 
 def free_port() -> int:
@@ -34,6 +40,13 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def status_kb(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of a process from /proc/PID/status, in kB (VmRSS: resident now;
+    VmHWM: the most it has been resident)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split(f"{field}:")[1].split()[0])
 
 
 def redis_server_binary() -> str:
@@ -129,10 +142,13 @@ class Wspush:
     def ws_url(self, token: str, path: str = "/") -> str:
         return f"ws://127.0.0.1:{self.port}{path}?token={token}"
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "wspush", *self.args]
+
     def start(self, ready: bool = True) -> Wspush:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "wspush", *self.args],
+                self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
@@ -170,6 +186,39 @@ class Wspush:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class StockUvicorn(Wspush):
+    """`uvicorn wspush.app:app` with uvicorn's own protocols; settings come from WSPUSH_*
+    variables only (uvicorn's command line has no place for wspush's)."""
+
+    def command(self) -> list[str]:
+        return [
+            *(sys.executable, "-m", "uvicorn", "wspush.app:app"),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"),
+        ]
+
+
+@pytest.fixture
+def spawn_on(tmp_path: Path) -> Iterator[Callable[..., Wspush]]:
+    """Start a relay as `engine` ("wspush" or "uvicorn", see ENGINES) with settings given
+    as WSPUSH_* variables; stopped after the test."""
+    started: list[Wspush] = []
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WSPUSH_")}
+
+    def start(engine: str, **settings: str) -> Wspush:
+        kind = {"wspush": Wspush, "uvicorn": StockUvicorn}[engine]
+        variables = {f"WSPUSH_{name.upper()}": value for name, value in settings.items()}
+        env = {**clean, "PYTHONUNBUFFERED": "1", **variables}
+        server = kind(tmp_path / engine, env=env)
+        server.env = env
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        with contextlib.suppress(Exception):
+            server.stop(signal.SIGKILL)
 
 
 @pytest.fixture
@@ -228,6 +277,12 @@ def fresh_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def key_pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
+    """RS256, ES256 and EdDSA key pairs, their public keys in PEM files."""
+    return make_key_pairs(tmp_path_factory.mktemp("jwt-keys"))
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ except PackageNotFoundError:  # running from a source tree
 
 # After __version__: these modules import it.
 from wspush.factory import create_app
+from wspush.jwt_tokens import sign_jwt
 from wspush.publish import apublish, publish
 from wspush.settings import Settings, SettingsError
 from wspush.tokens import sign as sign_token
@@ -20,5 +21,6 @@ __all__ = [
     "apublish",
     "create_app",
     "publish",
+    "sign_jwt",
     "sign_token",
 ]

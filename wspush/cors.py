@@ -1,5 +1,11 @@
 """CORS: the Go program puts `Access-Control-Allow-Origin: *` on every response; wspush
-does the same, or echoes the request's Origin when an allow-list is set."""
+does the same, or echoes the request's Origin when an allow-list is set.
+
+`cors_headers_for` makes the one decision, once per app (`Endpoints.cors_headers`);
+everything that writes an answer asks it: this middleware and the app's short path for
+HTTP responses, the WebSocket refusals before an upgrade, and the 431 wspush's HTTP
+protocol writes for a request head it stops reading.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,15 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
+CORSDecision = Callable[[Scope], list[tuple[bytes, bytes]]]
 
-def cors_headers_for(allowed: tuple[str, ...]) -> Callable[[Scope], list[tuple[bytes, bytes]]]:
-    """Access-Control-Allow-Origin for a request: '*', or the request's Origin if listed."""
+
+def cors_headers_for(allowed: tuple[str, ...]) -> CORSDecision:
+    """Access-Control-Allow-Origin for a request: '*', or the request's Origin if listed.
+
+    Only `scope["headers"]` is read, so a request whose head was cut short (only the
+    headers read so far) gets an answer too.
+    """
     if allowed == ("*",):
         star = [(b"access-control-allow-origin", b"*")]
         return lambda scope: star
@@ -33,19 +45,15 @@ class CORSHeaders:
     wspush's contract is that every response has the header.
     """
 
-    def __init__(self, app: Any, allowed: tuple[str, ...]) -> None:
+    def __init__(self, app: Any, headers_for: CORSDecision) -> None:
         self.app = app
-        self.headers_for = cors_headers_for(allowed)
+        self.headers_for = headers_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, self.wrap_send(scope, send))
-
-    def wrap_send(self, scope: Scope, send: Send) -> CORSSend:
-        """`send` for an HTTP request, adding the CORS header to the response start."""
-        return CORSSend(send, self.headers_for(scope))
+        await self.app(scope, receive, CORSSend(send, self.headers_for(scope)))
 
 
 class CORSSend:

@@ -6,7 +6,8 @@ exception middleware, the router, the route and the request/response wrappers ar
 fifteen frames and closures per connection, and the same chain costs CPU on every
 connect. `RelayApp` sends streams straight to their endpoint and does itself the little
 that chain does for them:
-- every HTTP response gets the CORS header, as through `CORSHeaders`;
+- every HTTP response gets the CORS header, as through `CORSHeaders` (the endpoints'
+  own decision, `Endpoints.cors_headers`; WebSocket refusals carry it themselves);
 - an exception before the response starts gets Starlette's plain 500, then propagates
   to the server, as through `ServerErrorMiddleware`.
 
@@ -22,12 +23,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from wspush.cors import CORSHeaders
+from wspush.cors import CORSSend
 from wspush.endpoints import DirectSSEResponse, Endpoints, TaskFreeWebSocket
 from wspush.protocols import DirectWriter, WebSocketDirectWriter
 
@@ -46,10 +47,10 @@ def route_path(scope: Scope) -> str:
 class RelayApp(Starlette):
     """wspush's routes (see `create_app`), with streams sent straight to their endpoint."""
 
-    def __init__(self, endpoints: Endpoints, cors: CORSHeaders, **kwargs: Any) -> None:
+    def __init__(self, endpoints: Endpoints, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.endpoints = endpoints
-        self.cors = cors
+        self.cors_headers = endpoints.cors_headers
         self._own_setup = (list(self.routes), list(self.user_middleware))
         # Plain HTTP routes of fixed paths (/ping, /ready, /metrics, /demo) are served by
         # Starlette; the short path is for everything the catch-all routes would take.
@@ -68,6 +69,15 @@ class RelayApp(Starlette):
             and self.user_middleware == middleware
             and self.routes == routes
         )
+
+    @property
+    def max_request_head(self) -> int:
+        """The most bytes a request head may take (for wspush's HTTP protocol)."""
+        return self.endpoints.settings.max_request_head
+
+    def refuse_request_head(self, scope: Scope) -> Response:
+        """The answer to a longer head, which wspush's HTTP protocol stops reading."""
+        return self.endpoints.refuse_request_head(scope)
 
     def open_websocket_now(
         self, scope: Scope, writer: WebSocketDirectWriter
@@ -90,7 +100,7 @@ class RelayApp(Starlette):
         scope["app"] = self
         response = self.endpoints.open_sse_now(scope, writer)
         if response is not None:
-            response.raw_headers = [*response.raw_headers, *self.cors.headers_for(scope)]
+            response.raw_headers = [*response.raw_headers, *self.cors_headers(scope)]
         return response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,7 +116,7 @@ class RelayApp(Starlette):
         if kind == "websocket":
             await self.endpoints.websocket(WebSocket(scope, receive, send))
             return
-        send_with_cors = self.cors.wrap_send(scope, send)
+        send_with_cors = CORSSend(send, self.cors_headers(scope))
         try:
             response = await self.endpoints.http(Request(scope, receive, send_with_cors))
             await response(scope, receive, send_with_cors)

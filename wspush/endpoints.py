@@ -4,7 +4,9 @@ Each connection subscribes to the hub and drains its own queue. SSE writes every
 queued event in one body chunk; WebSocket sends one frame per message, as the Go
 program does. Refusals get a precise status: 400 for a bad token, 429 when the token
 has its maximum of connections, 503 while shutting down, 426 for a plain GET on a
-WebSocket path, 405 for any method but GET.
+WebSocket path, 405 for any method but GET, 431 for a request head over
+`--max-request-head`; each with the CORS header, WebSocket refusals before the upgrade
+included.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from wspush.access import Access, Grant
+from wspush.cors import cors_headers_for
 from wspush.hub import (
     AtCapacity,
+    CloseReason,
     Draining,
     Encoder,
     Hub,
@@ -39,13 +44,14 @@ from wspush.hub import (
     Transport,
     counted,
 )
+from wspush.jwt_tokens import TOKEN_EXPIRED
 from wspush.logs import RefusalLog
 from wspush.metrics import metrics_endpoint
-from wspush.protocols import DIRECT_WRITE, DirectWriter, WebSocketDirectWriter
+from wspush.protocols import DIRECT_WRITE, HEAD_LIMITED, DirectWriter, WebSocketDirectWriter
 from wspush.settings import Settings
 from wspush.stats import Stats
 from wspush.subscriber import RedisSubscriber
-from wspush.tokens import TokenError, authorize
+from wspush.tokens import TokenError
 
 logger = logging.getLogger("wspush.endpoints")
 
@@ -55,6 +61,7 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 RETRY_AFTER_SECONDS = 5
+LOGGED_PATH = 200  # characters of a refused request's path in its log line
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 Frame = Callable[[Message], "ASGIMessage | None"]
@@ -92,6 +99,8 @@ class Endpoints:
         metrics: CollectorRegistry,
     ) -> None:
         self.settings = settings
+        self.access = Access(settings)
+        self._last_refused: tuple[bytes, str] | None = None  # query string, reason
         self.serve_metrics = metrics_endpoint(metrics)
         self.refusal_log = RefusalLog()
         self.hub = hub
@@ -99,6 +108,8 @@ class Endpoints:
         self.stats = stats
         self.frame = websocket_framer(settings.ws_frame)
         self.encode_frame = frame_encoder(settings.ws_frame)
+        # The one CORS decision, for every answer the relay writes on any path.
+        self.cors_headers = cors_headers_for(settings.allowed_origins)
 
     # -- plain HTTP ---------------------------------------------------------------------
 
@@ -161,8 +172,9 @@ class Endpoints:
         return DirectSSEResponse(self, subscription, writer)
 
     def _admit_sse(self, scope: Scope) -> tuple[bytes, Subscription]:
-        """The token and the hub's place for an SSE stream, or the Refusal it gets."""
-        token = self._authorize(scope)
+        """The route and the hub's place for an SSE stream, or the Refusal it gets."""
+        self._check_request_head(scope)
+        grant = self._authorize(scope)
         if not is_sse_request(scope):
             raise Refusal(
                 426,
@@ -170,7 +182,7 @@ class Endpoints:
                 "this path serves WebSocket; use /sse for Server-Sent Events",
                 "refused_not_websocket",
             )
-        return token, self._subscribe(token, Transport.SSE, scope)
+        return grant.route, self._subscribe(grant, Transport.SSE, scope)
 
     # -- WebSocket ----------------------------------------------------------------------
 
@@ -180,7 +192,7 @@ class Endpoints:
             token, subscription = self._admit_websocket(websocket.scope)
         except Refusal as refusal:
             self._count_refusal(refusal, websocket.scope)
-            await deny_websocket(websocket, refusal)
+            await deny_websocket(websocket, refusal, self.cors_headers(websocket.scope))
             return
         drain: BacklogSender | None = None
         try:
@@ -222,10 +234,11 @@ class Endpoints:
         return TaskFreeWebSocket(self, subscription, writer)
 
     def _admit_websocket(self, scope: Scope) -> tuple[bytes, Subscription]:
-        """The token and the hub's place for a WebSocket, or the Refusal it gets."""
+        """The route and the hub's place for a WebSocket, or the Refusal it gets."""
+        self._check_request_head(scope)
         self._check_origin(scope)
-        token = self._authorize(scope)
-        return token, self._subscribe(token, Transport.WEBSOCKET, scope)
+        grant = self._authorize(scope)
+        return grant.route, self._subscribe(grant, Transport.WEBSOCKET, scope)
 
     async def _send_queued(
         self, websocket: WebSocket, subscription: Subscription, writer: DirectWriter | None
@@ -235,7 +248,7 @@ class Endpoints:
 
         An idle WebSocket thus costs one task (the one reading client frames), not two.
         """
-        close = functools.partial(close_going_away, websocket)
+        close = functools.partial(close_websocket, websocket, subscription)
         if writer is not None:
             await write_backlog(subscription, writer, close)
             return
@@ -281,6 +294,26 @@ class Endpoints:
 
     # -- shared -------------------------------------------------------------------------
 
+    def refuse_request_head(self, scope: Scope) -> Response:
+        """The answer to a request head over `--max-request-head`, counted and logged, for
+        a server that stops reading it (wspush's HTTP protocol): the scope has the
+        headers read so far, enough for the CORS decision."""
+        refusal = request_head_refusal(self.settings.max_request_head)
+        self.stats.sessions_seen += 1  # an attempt, as on every other path
+        self._count_refusal(refusal, scope)
+        response = refusal_response(refusal)
+        response.raw_headers += self.cors_headers(scope)
+        return response
+
+    def _check_request_head(self, scope: Scope) -> None:
+        """The same limit where the server has read the whole head already (a stock
+        uvicorn reads heads of any size): the client still gets its 431."""
+        if HEAD_LIMITED in (scope.get("extensions") or ()):
+            return  # wspush's HTTP protocol did, as it read it
+        limit = self.settings.max_request_head
+        if request_head_size(scope) > limit:
+            raise request_head_refusal(limit)
+
     def _check_origin(self, scope: Scope) -> None:
         """With --ws-origins, only pages from those origins may open a WebSocket.
 
@@ -294,16 +327,31 @@ class Endpoints:
         if origin not in allowed:
             raise Refusal(403, CLOSE_POLICY_VIOLATION, "origin not allowed", "refused_origin")
 
-    def _authorize(self, scope: Scope) -> bytes:
-        try:
-            return authorize(scope["query_string"], self.settings.keys, self.settings.hmac_digest)
-        except TokenError as exc:
-            raise Refusal(400, CLOSE_POLICY_VIOLATION, str(exc), "refused_bad_token") from None
+    def _authorize(self, scope: Scope) -> Grant:
+        """The token's grant, or the Refusal it gets.
 
-    def _subscribe(self, token: bytes, transport: Transport, scope: Scope) -> Subscription:
+        A refused request is admitted twice on wspush's own server (`open_*_now`, then
+        the ASGI call), and a JWT's signature is the costly part: the last refusal is
+        kept, for the same query string object, so a bad token costs one check.
+        """
+        query = scope["query_string"]
+        last = self._last_refused
+        if last is not None and last[0] is query:
+            reason = last[1]
+        else:
+            try:
+                return self.access.grant(query)
+            except TokenError as exc:
+                reason = str(exc)
+            self._last_refused = (query, reason)
+        counter = "refused_token_expired" if reason == TOKEN_EXPIRED else "refused_bad_token"
+        raise Refusal(400, CLOSE_POLICY_VIOLATION, reason, counter)
+
+    def _subscribe(self, grant: Grant, transport: Transport, scope: Scope) -> Subscription:
         client = scope.get("client")
+        peer = client[0] if client else ""
         try:
-            return self.hub.subscribe(token, transport, client[0] if client else "")
+            return self.hub.subscribe(grant.route, transport, peer, grant.expires)
         except TokenFull:
             raise Refusal(
                 429,
@@ -340,10 +388,11 @@ class Endpoints:
             refusal.counter,
             "refused %s %s from %s: %d %s",
             scope["type"],
-            scope["path"],
+            scope.get("path", "?")[:LOGGED_PATH],
             client[0] if client else "?",
             refusal.status,
             refusal.reason,
+            detail=refusal.reason,  # a line for each reason: a bad key is not a bad clock
         )
 
     @functools.cached_property
@@ -356,6 +405,10 @@ class Endpoints:
         """`retry:` with jitter, so clients cut by a shutdown don't all return at once."""
         base = self.settings.sse_retry
         return b"retry:%d\n\n" % (base + random.randint(0, base))
+
+    def sse_ending(self, reason: CloseReason) -> bytes:
+        """The last bytes of an SSE stream the relay closes for `reason`."""
+        return self.sse_retry_hint() if reason.sse is None else reason.sse
 
 
 class BacklogSender:
@@ -388,7 +441,7 @@ class TaskFreeWebSocket:
     The server puts the connection's receive events here: client messages are dropped
     (one above `--max-client-message` closes with 1009) and the disconnect leaves the
     hub. A backlog goes out through a task that runs only while there is one, and the
-    relay's close (a None in the queue) closes with 1001.
+    relay's close (a None in the queue) closes with the subscription's close reason.
     """
 
     __slots__ = ("backlog", "endpoints", "subscription", "writer")
@@ -421,7 +474,8 @@ class TaskFreeWebSocket:
         await write_backlog(self.subscription, self.writer, self._close)
 
     async def _close(self) -> None:
-        self.writer.close(CLOSE_GOING_AWAY)
+        reason = self.subscription.close_reason
+        self.writer.close(reason.code, reason.reason)
 
 
 class SSEResponse(EventSourceResponse):
@@ -500,22 +554,25 @@ class DirectSSEResponse(Response):
         await write_backlog(self.subscription, self.writer, functools.partial(self._end, send))
 
     async def _end(self, send: Send) -> None:
-        """The retry hint and the end of the body, or a cut if the client does not read
-        them within the shutdown timeout (as sse-starlette cuts streams at exit)."""
-        hint = self.endpoints.sse_retry_hint()
+        """The close reason's last bytes (the retry hint, or the expiry event) and the end
+        of the body, or a cut if the client does not read them within the shutdown
+        timeout (as sse-starlette cuts streams at exit)."""
+        ending = self.endpoints.sse_ending(self.subscription.close_reason)
         try:
             async with asyncio.timeout(self.endpoints.settings.shutdown_timeout):
-                await send({"type": "http.response.body", "body": hint, "more_body": False})
+                await send({"type": "http.response.body", "body": ending, "more_body": False})
             self.endpoints.hub.unsubscribe(self.subscription)  # the stream is over
         except TimeoutError:
             self.writer.kick(CLOSE_GOING_AWAY)
 
 
-async def close_going_away(websocket: WebSocket) -> None:
-    """Close with 1001 (the relay is going away), unless the client has gone already."""
+async def close_websocket(websocket: WebSocket, subscription: Subscription) -> None:
+    """Close with the subscription's close reason (1001 when the relay goes away),
+    unless the client has gone already."""
     if websocket.application_state is WebSocketState.CONNECTED:
+        reason = subscription.close_reason
         with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
-            await websocket.close(CLOSE_GOING_AWAY)
+            await websocket.close(reason.code, reason.reason)
 
 
 async def write_backlog(
@@ -562,7 +619,7 @@ async def sse_stream(
         subscription.busy = True
         while True:
             if message is None:
-                chunks.append(endpoints.sse_retry_hint())
+                chunks.append(endpoints.sse_ending(subscription.close_reason))
                 yield b"".join(chunks)
                 return
             event = counted(stats, message, message.sse)
@@ -634,19 +691,44 @@ def websocket_framer(frame_type: str) -> Frame:
     return framers[frame_type]
 
 
+def request_head_size(scope: Scope) -> int:
+    """The bytes of a request head as the client sent it, from its scope: the request
+    line and the header lines (less any blanks the parser dropped around values)."""
+    target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope["query_string"])
+    size = len(scope.get("method", "GET")) + target
+    size += len(" ? HTTP/1.1\r\n\r\n")
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4  # ": " and CRLF
+    return size
+
+
+def request_head_refusal(limit: int) -> Refusal:
+    return Refusal(
+        431,
+        CLOSE_MESSAGE_TOO_BIG,
+        f"request head larger than {limit} bytes",
+        "refused_request_head",
+    )
+
+
 def refusal_response(refusal: Refusal) -> Response:
     """The HTTP answer to a refusal, with the header that tells the client what next."""
     headers = {
         426: {"Upgrade": "websocket"},
+        431: {"Connection": "close"},  # the rest of that head is not worth reading
         503: {"Retry-After": str(RETRY_AFTER_SECONDS)},
     }.get(refusal.status)
     return PlainTextResponse(refusal.reason + "\n", refusal.status, headers=headers)
 
 
-async def deny_websocket(websocket: WebSocket, refusal: Refusal) -> None:
+async def deny_websocket(
+    websocket: WebSocket, refusal: Refusal, cors: list[tuple[bytes, bytes]]
+) -> None:
     """An HTTP status before the upgrade where the server can, else a close code."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(refusal_response(refusal))
+        response = refusal_response(refusal)
+        response.raw_headers += cors
+        await websocket.send_denial_response(response)
     else:
         await websocket.close(refusal.close_code, refusal.reason)
 

@@ -13,6 +13,7 @@ from wspush.cors import CORSHeaders
 from wspush.demo import demo_routes
 from wspush.dispatch import RelayApp
 from wspush.endpoints import AnyMethod, Endpoints
+from wspush.handshake import lift_websockets_head_limits
 from wspush.logs import configure_logging
 from wspush.relay import Relay
 from wspush.settings import Settings, load_env_file
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings is None:
         settings = settings_from_environment()
     relay = Relay(settings)
+    lift_websockets_head_limits()  # so every WebSocket head gets the relay's answer
     endpoints = Endpoints(settings, relay.hub, relay.subscriber, relay.stats, relay.metrics)
 
     @contextlib.asynccontextmanager
@@ -40,7 +42,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     metrics = [Route("/metrics", AnyMethod(endpoints.metrics))] if settings.metrics else []
     app = RelayApp(
         endpoints,
-        CORSHeaders(None, allowed=settings.allowed_origins),
         routes=[
             Route("/ping", AnyMethod(endpoints.ping)),
             Route("/ready", AnyMethod(endpoints.ready)),
@@ -49,7 +50,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/{path:path}", AnyMethod(endpoints.http)),
             WebSocketRoute("/{path:path}", endpoints.websocket),
         ],
-        middleware=[Middleware(CORSHeaders, allowed=settings.allowed_origins)],
+        middleware=[Middleware(CORSHeaders, headers_for=endpoints.cors_headers)],
         lifespan=lifespan,
     )
     app.state.relay = relay

@@ -12,9 +12,11 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
+from wspush.expiry import Entry, ExpiryTimer
 from wspush.lightweight import LightQueue
 from wspush.protocols import DirectWriter
 from wspush.stats import LatencyHistogram, Stats
@@ -27,6 +29,28 @@ logger = logging.getLogger("wspush.hub")
 _UNSET: object = object()
 # Close code for a client disconnected for not reading (RFC 6455: policy violation).
 CLOSE_TOO_SLOW = 1008
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+
+
+@dataclass(frozen=True)
+class CloseReason:
+    """Why the relay closes a connection, in the words of each transport: the WebSocket
+    close code and reason, and the SSE bytes that end the stream (None: the relay's
+    `retry:` hint, with its jitter). Every delivery path ends a connection with the
+    reason its subscription was closed with."""
+
+    code: int
+    reason: str = ""
+    sse: bytes | None = None
+
+
+GOING_AWAY = CloseReason(CLOSE_GOING_AWAY)
+# The page learns why the stream ended, and fetches a fresh token before reconnecting
+# (EventSource would retry with the expired one). An event needs data to be dispatched.
+EXPIRED = CloseReason(
+    CLOSE_POLICY_VIOLATION, "token expired", b"event: wspush-expired\ndata: token expired\n\n"
+)
 
 
 class Transport(StrEnum):
@@ -199,9 +223,11 @@ class Subscription:
     __slots__ = (
         "batch",
         "busy",
+        "close_reason",
         "closing",
         "dropped",
         "encode",
+        "expiry",
         "max_drops",
         "on_backlog",
         "peer",
@@ -224,6 +250,8 @@ class Subscription:
         self.queue: LightQueue[Message | None] = LightQueue(queue_size)
         self.dropped = 0
         self.closing = False
+        self.close_reason = GOING_AWAY  # what the endpoint says when it closes
+        self.expiry: Entry | None = None  # the hub's timer entry, while a token expiry is due
         self.writer: DirectWriter | None = None
         self.encode: Encoder | None = None
         self.busy = False  # the endpoint holds messages taken from the queue
@@ -294,11 +322,13 @@ class Subscription:
         else:
             self.close()
 
-    def close(self) -> None:
-        """Ask the endpoint to close, making room in a full queue if needed."""
+    def close(self, reason: CloseReason = GOING_AWAY) -> None:
+        """Ask the endpoint to close, saying `reason`, making room in a full queue if
+        needed (the first reason given is the one said)."""
         if self.closing:
             return
         self.closing = True
+        self.close_reason = reason
         if self.queue.full():
             self.queue.get_nowait()
         self.queue.put_nowait(None)
@@ -394,6 +424,7 @@ class Hub:
         self._by_token: dict[bytes, list[Subscription]] = {}
         # Told of each token's first and last connection (exact subscribe mode).
         self.interest: Interest | None = None
+        self.expiries: ExpiryTimer[Subscription] = ExpiryTimer(self._expired)
 
     def __len__(self) -> int:
         return self.stats.connections_open
@@ -405,8 +436,13 @@ class Hub:
         for subscriptions in list(self._by_token.values()):
             yield from subscriptions
 
-    def subscribe(self, token: bytes, transport: Transport, peer: str = "") -> Subscription:
-        """A place for one connection, or the limit it hits (checked widest first)."""
+    def subscribe(
+        self, token: bytes, transport: Transport, peer: str = "", expires: float | None = None
+    ) -> Subscription:
+        """A place for one connection, or the limit it hits (checked widest first).
+
+        With `expires` (a wall-clock time: the token's), the connection is closed then.
+        """
         if self.draining:
             raise Draining
         if self.max_connections and self.stats.connections_open >= self.max_connections:
@@ -424,7 +460,22 @@ class Hub:
             self.interest.first_client(token)
         self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
         self._count_open(transport, 1)
+        if expires is not None:
+            subscription.expiry = self.expiries.add(expires, subscription)
         return subscription
+
+    def _expired(self, subscription: Subscription) -> None:
+        """A connection's token expired: close it, saying so."""
+        subscription.expiry = None
+        if subscription.closing:
+            return
+        self.stats.expired_clients_disconnected += 1
+        logger.debug(
+            "closing a %s client of token %r: its token expired",
+            subscription.transport.value,
+            subscription.token,
+        )
+        subscription.close(EXPIRED)
 
     def _count_open(self, transport: Transport, change: int) -> None:
         self.stats.connections_open += change
@@ -439,6 +490,9 @@ class Hub:
         if subscriptions is None or subscription not in subscriptions:
             return
         subscriptions.remove(subscription)
+        if subscription.expiry is not None:
+            self.expiries.forget(subscription.expiry)
+            subscription.expiry = None
         self._count_open(subscription.transport, -1)
         remaining = self._by_peer.pop(subscription.peer) - 1
         if remaining:
@@ -498,6 +552,7 @@ class Hub:
     def close_all(self) -> None:
         """Stop taking connections and ask every open one to close."""
         self.draining = True
+        self.expiries.close()
         if not self._by_token:
             self.drained.set()
         for subscription in self.subscriptions():
