@@ -4,9 +4,8 @@ does the same, or echoes the request's Origin when an allow-list is set."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message, Scope, Send
 
 
 def cors_headers_for(allowed: tuple[str, ...]) -> Callable[[Scope], list[tuple[bytes, bytes]]]:
@@ -27,21 +26,15 @@ def cors_headers_for(allowed: tuple[str, ...]) -> Callable[[Scope], list[tuple[b
 
 
 class CORSHeaders:
-    """Put the CORS header on every HTTP response, as the Go program does.
+    """The CORS header of every HTTP response, as the Go program sends it.
 
     Starlette's CORSMiddleware only answers requests that carry an Origin header;
-    wspush's contract is that every response has the header.
+    wspush's contract is that every response has the header. The app (`RelayApp`) puts
+    it on every response it sends, and on the heads of streams a server opens for it.
     """
 
-    def __init__(self, app: Any, allowed: tuple[str, ...]) -> None:
-        self.app = app
+    def __init__(self, allowed: tuple[str, ...]) -> None:
         self.headers_for = cors_headers_for(allowed)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        await self.app(scope, receive, self.wrap_send(scope, send))
 
     def wrap_send(self, scope: Scope, send: Send) -> CORSSend:
         """`send` for an HTTP request, adding the CORS header to the response start."""

@@ -6,7 +6,6 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
 from wspush.cors import CORSHeaders
@@ -40,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     metrics = [Route("/metrics", AnyMethod(endpoints.metrics))] if settings.metrics else []
     app = RelayApp(
         endpoints,
-        CORSHeaders(None, allowed=settings.allowed_origins),
+        CORSHeaders(settings.allowed_origins),
         routes=[
             Route("/ping", AnyMethod(endpoints.ping)),
             Route("/ready", AnyMethod(endpoints.ready)),
@@ -49,7 +48,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/{path:path}", AnyMethod(endpoints.http)),
             WebSocketRoute("/{path:path}", endpoints.websocket),
         ],
-        middleware=[Middleware(CORSHeaders, allowed=settings.allowed_origins)],
         lifespan=lifespan,
     )
     app.state.relay = relay

@@ -23,9 +23,9 @@ from wspush.interest import Interest
 from wspush.logs import log_settings
 from wspush.metrics import Snapshot, metrics_registry
 from wspush.settings import Settings
+from wspush.shared_stats import SharedStats
 from wspush.stats import Stats
 from wspush.subscriber import EXACT, PATTERN, RedisSubscriber, Subscriber
-from wspush.workers import SharedStats
 
 logger = logging.getLogger("wspush")
 

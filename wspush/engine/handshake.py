@@ -5,11 +5,15 @@ serialising the request again, which websockets then parses again in Python, bui
 `Headers` objects for and answers with a `Response` it formats a date for, only for
 uvicorn to replace that date. That is most of the CPU a WebSocket connection costs to
 set up. For the plain handshakes browsers and client libraries send, wspush's protocols
-(`wspush.protocols`) answer from the headers httptools already parsed instead.
+(`wspush.engine.http`) answer from the headers httptools already parsed instead.
 
 `plain_handshake_key` only accepts what websockets would accept exactly as it is, and
 returns None for everything else: uvicorn's own path then answers it, so every error
 response and edge case stays uvicorn's and websockets'.
+
+Upstream touched: none (it imports nothing of uvicorn's); the bytes of the 101 are those
+uvicorn 0.54.0's websockets-sansio protocol writes with websockets 17.4, as
+tests/test_engine.py compares.
 """
 
 from __future__ import annotations

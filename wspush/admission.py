@@ -1,0 +1,136 @@
+"""Who may open a stream: the one place every connection is admitted or refused.
+
+Origin (`--ws-origins`, WebSocket only), token, the hub's limits, and the counting of
+it all happen in `Admission.admit`, whichever path the connection takes: the engine's
+task-free openers and the ASGI endpoints both call it. A verdict is kept in the scope,
+so a connection the engine declines to open without a task, and then hands to the ASGI
+endpoint, is still admitted, counted (`sessions_seen`, the refusal's counter) and logged
+exactly once.
+"""
+
+from __future__ import annotations
+
+from starlette.types import Scope
+
+from wspush.contract import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
+from wspush.hub import AtCapacity, Draining, Hub, PeerFull, Subscription, TokenFull, Transport
+from wspush.logs import RefusalLog
+from wspush.settings import Settings
+from wspush.stats import Stats
+from wspush.tokens import TokenError, authorize
+
+# Where a connection's refusal is kept in its scope, once decided.
+REFUSAL = "wspush.refusal"
+
+
+class Refusal(Exception):
+    """A connection the relay will not serve, with the HTTP status and close code to say so."""
+
+    def __init__(self, status: int, close_code: int, reason: str, counter: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.close_code = close_code
+        self.reason = reason
+        self.counter = counter
+
+
+def is_sse_request(scope: Scope) -> bool:
+    """Go's rule: the path ends in /sse, or Accept mentions text/event-stream."""
+    if scope["path"].endswith("/sse"):
+        return True
+    return any(
+        name == b"accept" and b"text/event-stream" in value for name, value in scope["headers"]
+    )
+
+
+class Admission:
+    """The relay's door: origin, token and limits, each outcome counted once."""
+
+    def __init__(self, settings: Settings, hub: Hub, stats: Stats, log: RefusalLog) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.stats = stats
+        self.log = log
+
+    def admit(self, scope: Scope, transport: Transport) -> Subscription:
+        """The hub's place for the connection, or the `Refusal` it gets (counted and
+        logged here; asked again for the same scope, the same refusal, not counted)."""
+        decided: Refusal | None = scope.get(REFUSAL)
+        if decided is not None:
+            raise decided
+        self.stats.sessions_seen += 1
+        try:
+            if transport is Transport.WEBSOCKET:
+                self._check_origin(scope)
+            token = self._authorize(scope)
+            if transport is Transport.SSE and not is_sse_request(scope):
+                raise Refusal(
+                    426,
+                    0,
+                    "this path serves WebSocket; use /sse for Server-Sent Events",
+                    "refused_not_websocket",
+                )
+            return self._subscribe(token, transport, scope)
+        except Refusal as refusal:
+            self._count(refusal, scope)
+            scope[REFUSAL] = refusal
+            raise
+
+    def _check_origin(self, scope: Scope) -> None:
+        """With --ws-origins, only pages from those origins may open a WebSocket.
+
+        Browsers do not apply CORS to WebSockets, so without this any site could open
+        one with the user's cookies (cross-site WebSocket hijacking).
+        """
+        allowed = self.settings.allowed_ws_origins
+        if not allowed:
+            return
+        origin = next((value for name, value in scope["headers"] if name == b"origin"), None)
+        if origin not in allowed:
+            raise Refusal(403, CLOSE_POLICY_VIOLATION, "origin not allowed", "refused_origin")
+
+    def _authorize(self, scope: Scope) -> bytes:
+        try:
+            return authorize(scope["query_string"], self.settings.keys, self.settings.hmac_digest)
+        except TokenError as exc:
+            raise Refusal(400, CLOSE_POLICY_VIOLATION, str(exc), "refused_bad_token") from None
+
+    def _subscribe(self, token: bytes, transport: Transport, scope: Scope) -> Subscription:
+        client = scope.get("client")
+        try:
+            return self.hub.subscribe(token, transport, client[0] if client else "")
+        except TokenFull:
+            raise Refusal(
+                429,
+                CLOSE_TRY_AGAIN_LATER,
+                f"token already has {self.settings.max_per_token} connections",
+                "refused_token_limit",
+            ) from None
+        except AtCapacity:
+            raise Refusal(
+                503, CLOSE_TRY_AGAIN_LATER, "server is at its connection limit", "refused_capacity"
+            ) from None
+        except PeerFull:
+            raise Refusal(
+                429,
+                CLOSE_TRY_AGAIN_LATER,
+                f"this address already has {self.settings.max_per_ip} connections",
+                "refused_ip_limit",
+            ) from None
+        except Draining:
+            raise Refusal(
+                503, CLOSE_TRY_AGAIN_LATER, "server is shutting down", "refused_draining"
+            ) from None
+
+    def _count(self, refusal: Refusal, scope: Scope) -> None:
+        setattr(self.stats, refusal.counter, getattr(self.stats, refusal.counter) + 1)
+        client = scope.get("client")
+        self.log.refused(
+            refusal.counter,
+            "refused %s %s from %s: %d %s",
+            scope["type"],
+            scope["path"],
+            client[0] if client else "?",
+            refusal.status,
+            refusal.reason,
+        )
