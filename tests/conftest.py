@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from wspush.cli import build_parser
+from wspush.logs import uvicorn_log_level
 from wspush.serving import UVICORN_GRACE
 from wspush.settings import Settings, env_name, fields
 
@@ -167,6 +168,7 @@ class Wspush:
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--ws-ping-interval", str(settings.ping_interval)]
         command += ["--timeout-graceful-shutdown", str(UVICORN_GRACE)]
+        command += ["--log-level", uvicorn_log_level(settings.log_level)]
         if not settings.ws_compression:
             command += ["--ws-per-message-deflate", "false"]
         if settings.trusted_proxies:

@@ -83,8 +83,9 @@ class Sink(Protocol):
     @property
     def writer(self) -> DirectWriter | None: ...
 
-    async def send(self, items: list[bytes]) -> None:
-        """The backlog path: encoded messages, in order, once the client takes them."""
+    async def send(self, items: list[bytes]) -> int:
+        """The backlog path: encoded messages, in order, once the client takes them;
+        returns the bytes that took on the wire (as near as the server lets it know)."""
 
     async def end(self, close: Close) -> None:
         """The relay's close: a WebSocket close frame, or the SSE stream's last event."""

@@ -38,11 +38,12 @@ from wspush.contract import (
     direct_writer,
 )
 from wspush.hub import Encoder, Hub, Message, Subscription, Transport
-from wspush.logs import RefusalLog
+from wspush.logs import DENIED, RefusalLog
 from wspush.metrics import metrics_endpoint
 from wspush.settings import Settings
 from wspush.stats import Stats
 from wspush.subscriber import RedisSubscriber
+from wspush.wire import websocket_frame_size
 
 logger = logging.getLogger("wspush.endpoints")
 
@@ -265,20 +266,24 @@ class WebSocketStream:
 
     # -- the sink --
 
-    async def send(self, items: list[bytes]) -> None:
+    async def send(self, items: list[bytes]) -> int:
         writer = self.writer
         if writer is not None:
+            data = items[0] if len(items) == 1 else b"".join(items)
             await writer.wait_writable()
             if writer.is_open():
-                writer.write(items[0] if len(items) == 1 else b"".join(items))
-            return
+                writer.write(data)
+            return len(data)
         websocket: WebSocket = self.websocket  # type: ignore[assignment]
         frame = self.endpoints.asgi_frame
+        sent = 0
         try:
             for item in items:
                 await websocket.send(frame(item))
+                sent += websocket_frame_size(len(item))
         except GONE as exc:
             raise OSError("the client went away") from exc
+        return sent
 
     async def end(self, close: Close) -> None:
         if self.writer is not None:
@@ -350,15 +355,16 @@ class SSEStream(Response):
 
     # -- the sink --
 
-    async def send(self, items: list[bytes]) -> None:
+    async def send(self, items: list[bytes]) -> int:
         body = items[0] if len(items) == 1 else b"".join(items)
         writer = self.writer
         if writer is not None:
             await writer.wait_writable()
             if writer.is_open():
                 writer.write(body)
-            return
+            return len(body)
         await self.asgi_send({"type": "http.response.body", "body": body, "more_body": True})  # type: ignore[misc]
+        return len(body)
 
     async def end(self, close: Close) -> None:
         """The close's event (if any), the retry hint and the end of the body, or a cut
@@ -451,6 +457,7 @@ async def deny_websocket(websocket: WebSocket, refusal: Refusal) -> None:
     """An HTTP status before the upgrade where the server can, else a close code."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(refusal_response(refusal))
+        DENIED.set(True)  # see `DeniedHandshakeFilter`
     else:
         await websocket.close(refusal.close_code, refusal.reason)
 

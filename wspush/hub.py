@@ -275,8 +275,7 @@ class Subscription:
                         if not message.is_heartbeat:
                             arrivals.append(message.received)
                 if items:
-                    await sink.send(items)
-                    stats.bytes_sent += sum(map(len, items))
+                    stats.bytes_sent += await sink.send(items)
                     now = time.monotonic()
                     latency = self.batch.latency
                     for arrival in arrivals:

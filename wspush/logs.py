@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from wspush.settings import Settings
@@ -60,6 +61,31 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     # noise for a push relay, so its loggers stay at WARNING unless debugging.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).setLevel(uvicorn_log_level(level).upper())
+
+
+# Set in the task of a WebSocket refused with an HTTP response (a denial response).
+DENIED: ContextVar[bool] = ContextVar("wspush_denied", default=False)
+UNFINISHED_HANDSHAKE = "ASGI callable returned without completing handshake."
+
+
+class DeniedHandshakeFilter(logging.Filter):
+    """Drop the ERROR uvicorn's stock WebSocket protocols log for every WebSocket refused
+    with a denial response ("returned without completing handshake": the response was
+    complete). wspush logs each refusal itself; this one is not a server error.
+
+    The line comes from the connection's task right after the app returns, so the flag
+    the app set in that task says whether this was such a refusal.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == UNFINISHED_HANDSHAKE and DENIED.get())
+
+
+def quiet_denied_handshakes() -> None:
+    """Install `DeniedHandshakeFilter` on uvicorn's error logger, once per process."""
+    server_logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DeniedHandshakeFilter) for f in server_logger.filters):
+        server_logger.addFilter(DeniedHandshakeFilter())
 
 
 def uvicorn_log_level(level: str) -> str:

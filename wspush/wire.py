@@ -23,6 +23,11 @@ def websocket_frame(opcode: int, payload: bytes) -> bytes:
     return header + payload
 
 
+def websocket_frame_size(length: int) -> int:
+    """The bytes of the frame `websocket_frame` makes of a `length`-byte payload."""
+    return length + (2 if length < 126 else 4 if length < 1 << 16 else 10)
+
+
 def sse_event(payload: bytes) -> bytes:
     """Frame a message as the Go wspush does: one `data:` line per line, then a blank line.
 
