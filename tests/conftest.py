@@ -165,8 +165,10 @@ class Wspush:
         # What is uvicorn's to decide under a bare uvicorn (README: "Running under
         # uvicorn"), decided as `wspush` decides it, and no wspush protocols.
         command = [sys.executable, "-m", "uvicorn", "wspush.app:app", "--no-access-log"]
+        command.append("--no-server-header")
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--ws-ping-interval", str(settings.ping_interval)]
+        command += ["--ws-max-size", str(settings.max_client_message)]
         command += ["--timeout-graceful-shutdown", str(UVICORN_GRACE)]
         command += ["--log-level", uvicorn_log_level(settings.log_level)]
         if not settings.ws_compression:

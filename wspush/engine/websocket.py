@@ -71,6 +71,9 @@ class WebSocketDirectWriter:
         protocol = self.protocol
         protocol.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self._send_close(code, reason)
+        if protocol.read_paused:  # as uvicorn 0.54 does: read the client's close
+            protocol.read_paused = False
+            protocol.transport.resume_reading()
         protocol.close_timer = protocol.loop.call_later(
             protocol.close_timeout, protocol.transport.close
         )
