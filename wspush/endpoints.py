@@ -38,7 +38,7 @@ from wspush.contract import (
     direct_writer,
 )
 from wspush.hub import Encoder, Hub, Message, Subscription, Transport
-from wspush.logs import DENIED, RefusalLog
+from wspush.logs import ON_PURPOSE, RefusalLog
 from wspush.metrics import metrics_endpoint
 from wspush.settings import Settings
 from wspush.stats import Stats
@@ -341,6 +341,7 @@ class SSEStream(Response):
                 raise
             # Kicked (plain ASGI): the server closes a response left incomplete.
             self.task.uncancel()  # type: ignore[union-attr]
+            ON_PURPOSE.set(True)
         finally:
             self.disconnected()
 
@@ -457,7 +458,7 @@ async def deny_websocket(websocket: WebSocket, refusal: Refusal) -> None:
     """An HTTP status before the upgrade where the server can, else a close code."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(refusal_response(refusal))
-        DENIED.set(True)  # see `DeniedHandshakeFilter`
+        ON_PURPOSE.set(True)  # see `wspush.logs.OnPurposeFilter`
     else:
         await websocket.close(refusal.close_code, refusal.reason)
 

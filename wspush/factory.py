@@ -12,7 +12,7 @@ from wspush.cors import CORSHeaders
 from wspush.demo import demo_routes
 from wspush.dispatch import RelayApp
 from wspush.endpoints import AnyMethod, Endpoints
-from wspush.logs import configure_logging, quiet_denied_handshakes
+from wspush.logs import configure_logging, quiet_unfinished_on_purpose
 from wspush.relay import Relay
 from wspush.settings import Settings, load_env_file
 
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """
     if settings is None:
         settings = settings_from_environment()
-    quiet_denied_handshakes()
+    quiet_unfinished_on_purpose()
     relay = Relay(settings)
     endpoints = Endpoints(settings, relay.hub, relay.subscriber, relay.stats, relay.metrics)
 

@@ -63,29 +63,36 @@ def configure_logging(level: str, log_format: str = "text") -> None:
         logging.getLogger(name).setLevel(uvicorn_log_level(level).upper())
 
 
-# Set in the task of a WebSocket refused with an HTTP response (a denial response).
-DENIED: ContextVar[bool] = ContextVar("wspush_denied", default=False)
-UNFINISHED_HANDSHAKE = "ASGI callable returned without completing handshake."
+# Set in a connection's task when the app leaves its exchange unfinished on purpose: a
+# WebSocket refused with an HTTP response, an SSE client cut for not reading.
+ON_PURPOSE: ContextVar[bool] = ContextVar("wspush_unfinished_on_purpose", default=False)
+UNFINISHED = frozenset(
+    {
+        "ASGI callable returned without completing handshake.",
+        "ASGI callable returned without completing response.",
+    }
+)
 
 
-class DeniedHandshakeFilter(logging.Filter):
-    """Drop the ERROR uvicorn's stock WebSocket protocols log for every WebSocket refused
-    with a denial response ("returned without completing handshake": the response was
-    complete). wspush logs each refusal itself; this one is not a server error.
+class OnPurposeFilter(logging.Filter):
+    """Drop the ERROR uvicorn logs when the app returns with an exchange unfinished, where
+    wspush did that on purpose: a WebSocket refused with a denial response (complete,
+    though uvicorn's stock protocols do not count it so), an SSE client cut over plain
+    ASGI for not reading. wspush logs each of those itself; neither is a server error.
 
     The line comes from the connection's task right after the app returns, so the flag
-    the app set in that task says whether this was such a refusal.
+    the app set in that task says whether this was such a case.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.msg == UNFINISHED_HANDSHAKE and DENIED.get())
+        return not (record.msg in UNFINISHED and ON_PURPOSE.get())
 
 
-def quiet_denied_handshakes() -> None:
-    """Install `DeniedHandshakeFilter` on uvicorn's error logger, once per process."""
+def quiet_unfinished_on_purpose() -> None:
+    """Install `OnPurposeFilter` on uvicorn's error logger, once per process."""
     server_logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, DeniedHandshakeFilter) for f in server_logger.filters):
-        server_logger.addFilter(DeniedHandshakeFilter())
+    if not any(isinstance(f, OnPurposeFilter) for f in server_logger.filters):
+        server_logger.addFilter(OnPurposeFilter())
 
 
 def uvicorn_log_level(level: str) -> str:
