@@ -28,16 +28,18 @@ CLOSE_TOO_SLOW = CLOSE_POLICY_VIOLATION
 
 
 @dataclass(frozen=True, slots=True)
-class Close:
-    """Why the relay ends a stream, in each transport's words: the WebSocket close code
-    and reason, and an SSE event to send before the stream's retry hint."""
+class CloseReason:
+    """Why the relay closes a connection, in the words of each transport: the WebSocket
+    close code and reason, and the SSE bytes that end the stream (None: the relay's
+    `retry:` hint, with its jitter). Every sink ends a connection with the reason its
+    subscription was closed with."""
 
-    code: int = CLOSE_GOING_AWAY
+    code: int
     reason: str = ""
-    sse_event: bytes = b""
+    sse: bytes | None = None
 
 
-GOING_AWAY = Close()
+GOING_AWAY = CloseReason(CLOSE_GOING_AWAY)
 
 
 class DirectWriter(Protocol):
@@ -87,7 +89,7 @@ class Sink(Protocol):
         """The backlog path: encoded messages, in order, once the client takes them;
         returns the bytes that took on the wire (as near as the server lets it know)."""
 
-    async def end(self, close: Close) -> None:
+    async def end(self, reason: CloseReason) -> None:
         """The relay's close: a WebSocket close frame, or the SSE stream's last event."""
 
     def kick(self, code: int) -> None:

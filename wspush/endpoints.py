@@ -32,7 +32,7 @@ from wspush.contract import (
     CLOSE_GOING_AWAY,
     CLOSE_MESSAGE_TOO_BIG,
     KICK_GRACE,
-    Close,
+    CloseReason,
     DirectWriter,
     WebSocketWriter,
     direct_writer,
@@ -285,14 +285,14 @@ class WebSocketStream:
             raise OSError("the client went away") from exc
         return sent
 
-    async def end(self, close: Close) -> None:
+    async def end(self, reason: CloseReason) -> None:
         if self.writer is not None:
-            self.writer.close(close.code, close.reason)
+            self.writer.close(reason.code, reason.reason)
             return
         websocket: WebSocket = self.websocket  # type: ignore[assignment]
         if websocket.application_state is WebSocketState.CONNECTED:
             with contextlib.suppress(*GONE):
-                await websocket.close(close.code, close.reason)
+                await websocket.close(reason.code, reason.reason)
 
     def kick(self, code: int) -> None:
         if self.writer is not None:
@@ -367,11 +367,11 @@ class SSEStream(Response):
         await self.asgi_send({"type": "http.response.body", "body": body, "more_body": True})  # type: ignore[misc]
         return len(body)
 
-    async def end(self, close: Close) -> None:
-        """The close's event (if any), the retry hint and the end of the body, or a cut
-        if the client does not read them within the shutdown timeout (as sse-starlette
-        cuts streams at exit)."""
-        tail = close.sse_event + self.endpoints.sse_retry_hint()
+    async def end(self, reason: CloseReason) -> None:
+        """The reason's last bytes (the retry hint, unless it says otherwise) and the end
+        of the body, or a cut if the client does not read them within the shutdown
+        timeout (as sse-starlette cuts streams at exit)."""
+        tail = self.endpoints.sse_retry_hint() if reason.sse is None else reason.sse
         try:
             async with asyncio.timeout(self.endpoints.settings.shutdown_timeout):
                 await self.asgi_send(

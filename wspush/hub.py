@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
-from wspush.contract import CLOSE_TOO_SLOW, GOING_AWAY, Close, DirectWriter, Sink
+from wspush.contract import CLOSE_TOO_SLOW, GOING_AWAY, CloseReason, DirectWriter, Sink
 from wspush.lightweight import LightQueue
 from wspush.stats import LatencyHistogram, Stats
 from wspush.wire import (
@@ -199,7 +199,7 @@ class Subscription:
         self.stats = stats
         self.queue: LightQueue[Message | None] = LightQueue(queue_size)
         self.dropped = 0
-        self.closing: Close | None = None  # why the relay closes it, once it does
+        self.closing: CloseReason | None = None  # why the relay closes it, once it does
         self.sink: Sink | None = None
         self.writer: DirectWriter | None = None  # the sink's, for the hot path
         self.encode: Encoder | None = None
@@ -301,11 +301,12 @@ class Subscription:
         else:
             self.close()
 
-    def close(self, close: Close = GOING_AWAY) -> None:
-        """Ask the drain to end the stream, making room in a full queue if needed."""
+    def close(self, reason: CloseReason = GOING_AWAY) -> None:
+        """Ask the drain to end the stream, saying `reason` (the first one given), making
+        room in a full queue if needed."""
         if self.closing is not None:
             return
-        self.closing = close
+        self.closing = reason
         if self.queue.full():
             self.queue.get_nowait()
         self.queue.put_nowait(None)
