@@ -258,7 +258,7 @@ class Sampler(threading.Thread):
 def wspush_vars(eport: int) -> Json:
     response = httpx.get(f"http://127.0.0.1:{eport}/debug/vars", timeout=2.0)
     response.raise_for_status()
-    return {k: v for k, v in response.json().items() if isinstance(v, int)}
+    return {k: v for k, v in response.json()["wspush"].items() if isinstance(v, int)}
 
 
 def redis_figures(client: redis.Redis) -> Json:

@@ -116,7 +116,9 @@ async def run_mode(args: argparse.Namespace, mode: str, workdir: Path) -> dict[s
         ]
         async with httpx.AsyncClient(timeout=5) as http:
             seen = [
-                (await http.get(f"http://127.0.0.1:{p}/debug/vars")).json()["messages_seen"]
+                (await http.get(f"http://127.0.0.1:{p}/debug/vars")).json()["wspush"][
+                    "messages_seen"
+                ]
                 for p in expvar_ports
             ]
         result: dict[str, object] = {

@@ -7,7 +7,9 @@ import asyncio
 import base64
 import contextlib
 import os
+import socket
 import struct
+import time
 from collections.abc import AsyncIterator
 from types import TracebackType
 
@@ -96,6 +98,64 @@ async def websocket(url: str, **kwargs: object) -> AsyncIterator[ClientConnectio
 
 async def receive(ws: ClientConnection, timeout: float = TIMEOUT) -> str | bytes:
     return await asyncio.wait_for(ws.recv(), timeout)
+
+
+UPGRADE_HEADERS = (
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+class RawAnswer:
+    """An HTTP answer as it came off the socket: status (0 if the server closed without
+    one), headers (names lowercased), body, and whether the server closed after it."""
+
+    def __init__(self, head: bytes, body: bytes, closed: bool) -> None:
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        self.status = int(status_line.split()[1]) if status_line else 0  # 0: closed, no answer
+        self.headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+        self.body = body
+        self.closed = closed
+
+    def __repr__(self) -> str:
+        body = self.body[:100]
+        return f"RawAnswer({self.status}, {self.headers}, {body!r}, closed={self.closed})"
+
+
+def raw_request(
+    port: int, target: str, extra: bytes = b"", websocket: bool = False, within: float = 1.0
+) -> RawAnswer:
+    """Send one GET over a fresh socket and read its answer, all `within` seconds: the
+    head of a 101 or of a stream, or a whole response, up to the server's close if it
+    says `Connection: close`. A server that does not answer (or does not close when it
+    said it would) in time raises TimeoutError."""
+    request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+    request += (UPGRADE_HEADERS if websocket else b"") + extra + b"\r\n"
+    deadline = time.monotonic() + within
+    with socket.create_connection(("127.0.0.1", port), timeout=within) as sock:
+        sock.sendall(request)
+        received = b""
+        while True:
+            head, _, body = received.partition(b"\r\n\r\n")
+            if _:
+                answer = RawAnswer(head, body, closed=False)
+                length = answer.headers.get("content-length")
+                if answer.status == 101 or length is None:
+                    return answer
+                if len(body) >= int(length) and answer.headers.get("connection") != "close":
+                    return answer
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                raise TimeoutError(f"no complete answer within {within}s: {received!r}") from None
+            if not chunk:
+                head, _, body = received.partition(b"\r\n\r\n")
+                return RawAnswer(head, body, closed=True)
+            received += chunk
 
 
 class RawWebSocket:

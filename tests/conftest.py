@@ -29,8 +29,9 @@ from wspush.serving import UVICORN_GRACE
 from wspush.settings import Settings, env_name, fields
 
 STARTUP_TIMEOUT = 15.0
-# The servers a `both_servers` test runs on: wspush's command, and a stock uvicorn one.
-SERVERS = ("engine", "uvicorn")
+# How a relay is run: the `wspush` command (wspush's engine), and a stock
+# `uvicorn wspush.app:app` (uvicorn's protocols, plain ASGI).
+SERVERS = ("wspush", "uvicorn")
 
 
 def free_port() -> int:
@@ -45,6 +46,13 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def status_kb(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of a process from /proc/PID/status, in kB (VmRSS: resident now;
+    VmHWM: the most it has been resident)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split(f"{field}:")[1].split()[0])
 
 
 def redis_server_binary() -> str:
@@ -135,7 +143,7 @@ class Wspush:
         workdir: Path,
         *args: str,
         env: dict[str, str] | None = None,
-        server: str = "engine",
+        server: str = "wspush",
         launcher: tuple[str, ...] = ("-m", "wspush"),
     ) -> None:
         self.port = free_port()
@@ -157,7 +165,7 @@ class Wspush:
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         """The command line and environment that run this relay."""
-        if self.server == "engine":
+        if self.server == "wspush":
             return [sys.executable, *self.launcher, *self.args], self.env
         flags = flag_values(self.args)
         env = {**self.env, **{env_name(name): value for name, value in flags.items()}}
@@ -236,8 +244,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def server(request: pytest.FixtureRequest) -> str:
-    """Which server a relay runs on: wspush's engine unless the test is parametrized."""
-    return str(getattr(request, "param", "engine"))
+    """Which server a relay runs on: `wspush` unless the test is parametrized."""
+    return str(getattr(request, "param", "wspush"))
 
 
 @pytest.fixture(scope="session")
@@ -285,6 +293,26 @@ def spawn(tmp_path: Path, server: str) -> Iterator[Callable[..., Wspush]]:
         relay = Wspush(tmp_path, *args, env=env, server=server)
         started.append(relay)
         return relay.start(ready=ready)
+
+    yield start
+    for relay in started:
+        with contextlib.suppress(Exception):
+            relay.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def spawn_on(tmp_path: Path) -> Iterator[Callable[..., Wspush]]:
+    """Start a relay on `server` (one of SERVERS) with settings given as WSPUSH_*
+    variables only; stopped after the test."""
+    started: list[Wspush] = []
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WSPUSH_")}
+
+    def start(server: str, **settings: str) -> Wspush:
+        variables = {f"WSPUSH_{name.upper()}": value for name, value in settings.items()}
+        relay = Wspush(tmp_path / server, server=server)
+        relay.env = {**clean, "PYTHONUNBUFFERED": "1", **variables}
+        started.append(relay)
+        return relay.start()
 
     yield start
     for relay in started:

@@ -26,7 +26,7 @@ MIB = 1024 * 1024
 
 
 def stats(expvar_port: int) -> dict[str, int]:
-    return httpx.get(f"http://127.0.0.1:{expvar_port}/debug/vars", timeout=5).json()  # type: ignore[no-any-return]
+    return httpx.get(f"http://127.0.0.1:{expvar_port}/debug/vars", timeout=5).json()["wspush"]  # type: ignore[no-any-return]
 
 
 # -- routing ---------------------------------------------------------------------------

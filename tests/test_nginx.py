@@ -234,7 +234,9 @@ async def test_several_instances_behind_one_upstream_each_deliver_every_message(
         ]
         # nginx spread the connections over both instances; no stickiness is involved.
         open_per_instance = [
-            httpx.get(f"http://{address}/debug/vars", timeout=TIMEOUT).json()["connections_open"]
+            httpx.get(f"http://{address}/debug/vars", timeout=TIMEOUT).json()["wspush"][
+                "connections_open"
+            ]
             for address in expvars
         ]
         assert sum(open_per_instance) == 6

@@ -95,6 +95,8 @@ def test_command_line_beats_environment_and_addr_beats_port() -> None:
         ({"cors_origins": " , "}, "--cors-origins"),
         ({"embedded_redis": "maybe"}, "--embedded-redis"),
         ({"expvar": "nope"}, "--expvar"),
+        ({"max_request_head": "1000"}, "--max-request-head"),
+        ({"max_request_head": "64k"}, "--max-request-head"),
     ],
 )
 def test_bad_values_are_refused_naming_the_setting(overrides: dict[str, str], named: str) -> None:

@@ -78,7 +78,7 @@ async def test_two_workers_each_subscribe_and_together_serve_every_client(
         assert value(samples, "wspush_redis_subscribed") == 2
         # Each worker saw the message once from Redis.
         assert value(samples, "wspush_redis_messages_total") == 2
-        debug_vars = httpx.get(f"http://127.0.0.1:{expvar}/debug/vars", timeout=5).json()
+        debug_vars = httpx.get(f"http://127.0.0.1:{expvar}/debug/vars", timeout=5).json()["wspush"]
         assert debug_vars["successful_deliveries"] == 5
         assert debug_vars["connections_open"] == 5
 

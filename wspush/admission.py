@@ -1,18 +1,23 @@
 """Who may open a stream: the one place every connection is admitted or refused.
 
-Origin (`--ws-origins`, WebSocket only), token, the hub's limits, and the counting of
-it all happen in `Admission.admit`, whichever path the connection takes: the engine's
-task-free openers and the ASGI endpoints both call it. A verdict is kept in the scope,
-so a connection the engine declines to open without a task, and then hands to the ASGI
-endpoint, is still admitted, counted (`sessions_seen`, the refusal's counter) and logged
-exactly once.
+Request head size (`--max-request-head`), origin (`--ws-origins`, WebSocket only),
+token, the hub's limits, and the counting of it all happen in `Admission.admit`,
+whichever path the connection takes: the engine's task-free openers and the ASGI
+endpoints both call it. A verdict is kept in the scope, so a connection the engine
+declines to open without a task, and then hands to the ASGI endpoint, is still
+admitted, counted (`sessions_seen`, the refusal's counter) and logged exactly once.
 """
 
 from __future__ import annotations
 
 from starlette.types import Scope
 
-from wspush.contract import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
+from wspush.contract import (
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
+    HEAD_LIMITED,
+)
 from wspush.hub import AtCapacity, Draining, Hub, PeerFull, Subscription, TokenFull, Transport
 from wspush.logs import RefusalLog
 from wspush.settings import Settings
@@ -21,6 +26,7 @@ from wspush.tokens import TokenError, authorize
 
 # Where a connection's refusal is kept in its scope, once decided.
 REFUSAL = "wspush.refusal"
+LOGGED_PATH = 200  # characters of a refused request's path in its log line
 
 
 class Refusal(Exception):
@@ -60,6 +66,7 @@ class Admission:
             raise decided
         self.stats.sessions_seen += 1
         try:
+            self._check_request_head(scope)
             if transport is Transport.WEBSOCKET:
                 self._check_origin(scope)
             token = self._authorize(scope)
@@ -75,6 +82,21 @@ class Admission:
             self._count(refusal, scope)
             scope[REFUSAL] = refusal
             raise
+
+    def refused(self, refusal: Refusal, scope: Scope) -> None:
+        """Count a connection a server refused before it could be admitted (a request
+        head wspush's HTTP protocol stopped reading): one session, one refusal."""
+        self.stats.sessions_seen += 1  # an attempt, as on every other path
+        self._count(refusal, scope)
+
+    def _check_request_head(self, scope: Scope) -> None:
+        """The --max-request-head limit where the server has read the whole head already
+        (a stock uvicorn reads heads of any size): the client still gets its 431."""
+        if HEAD_LIMITED in (scope.get("extensions") or ()):
+            return  # wspush's HTTP protocol did, as it read it
+        limit = self.settings.max_request_head
+        if request_head_size(scope) > limit:
+            raise request_head_refusal(limit)
 
     def _check_origin(self, scope: Scope) -> None:
         """With --ws-origins, only pages from those origins may open a WebSocket.
@@ -129,8 +151,28 @@ class Admission:
             refusal.counter,
             "refused %s %s from %s: %d %s",
             scope["type"],
-            scope["path"],
+            scope.get("path", "?")[:LOGGED_PATH],
             client[0] if client else "?",
             refusal.status,
             refusal.reason,
         )
+
+
+def request_head_size(scope: Scope) -> int:
+    """The bytes of a request head as the client sent it, from its scope: the request
+    line and the header lines (less any blanks the parser dropped around values)."""
+    target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope["query_string"])
+    size = len(scope.get("method", "GET")) + target
+    size += len(" ? HTTP/1.1\r\n\r\n")
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4  # ": " and CRLF
+    return size
+
+
+def request_head_refusal(limit: int) -> Refusal:
+    return Refusal(
+        431,
+        CLOSE_MESSAGE_TOO_BIG,
+        f"request head larger than {limit} bytes",
+        "refused_request_head",
+    )

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 DIRECT_WRITE = "wspush.direct_write"
+# In the scope of a request whose head the server held to the app's `max_request_head`
+# as it read it: the app need not measure the head again.
+HEAD_LIMITED = "wspush.request_head_limited"
 # Seconds a kicked client gets to take its close before the connection is cut.
 KICK_GRACE = 1.0
 

@@ -1,5 +1,13 @@
 """CORS: the Go program puts `Access-Control-Allow-Origin: *` on every response; wspush
-does the same, or echoes the request's Origin when an allow-list is set."""
+does the same, or echoes the request's Origin when an allow-list is set.
+
+`cors_headers_for` makes the one decision, once per app (`Endpoints.cors_headers`);
+everything that writes an answer asks it: the app (`RelayApp`, through `CORSSend`) for
+every HTTP response and the heads of streams a server opens for it, the WebSocket
+refusals before an upgrade, and the 431 wspush's HTTP protocol writes for a request
+head it stops reading. (Starlette's CORSMiddleware only answers requests that carry an
+Origin header; wspush's contract is that every response has the header.)
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,15 @@ from collections.abc import Callable
 
 from starlette.types import Message, Scope, Send
 
+CORSDecision = Callable[[Scope], list[tuple[bytes, bytes]]]
 
-def cors_headers_for(allowed: tuple[str, ...]) -> Callable[[Scope], list[tuple[bytes, bytes]]]:
-    """Access-Control-Allow-Origin for a request: '*', or the request's Origin if listed."""
+
+def cors_headers_for(allowed: tuple[str, ...]) -> CORSDecision:
+    """Access-Control-Allow-Origin for a request: '*', or the request's Origin if listed.
+
+    Only `scope["headers"]` is read, so a request whose head was cut short (only the
+    headers read so far) gets an answer too.
+    """
     if allowed == ("*",):
         star = [(b"access-control-allow-origin", b"*")]
         return lambda scope: star
@@ -23,22 +37,6 @@ def cors_headers_for(allowed: tuple[str, ...]) -> Callable[[Scope], list[tuple[b
         return [vary]
 
     return headers
-
-
-class CORSHeaders:
-    """The CORS header of every HTTP response, as the Go program sends it.
-
-    Starlette's CORSMiddleware only answers requests that carry an Origin header;
-    wspush's contract is that every response has the header. The app (`RelayApp`) puts
-    it on every response it sends, and on the heads of streams a server opens for it.
-    """
-
-    def __init__(self, allowed: tuple[str, ...]) -> None:
-        self.headers_for = cors_headers_for(allowed)
-
-    def wrap_send(self, scope: Scope, send: Send) -> CORSSend:
-        """`send` for an HTTP request, adding the CORS header to the response start."""
-        return CORSSend(send, self.headers_for(scope))
 
 
 class CORSSend:

@@ -11,7 +11,8 @@ plain 500, then propagates to the server, as through `ServerErrorMiddleware`.
 Everything else (`/ping`, `/ready`, `/metrics`, `/demo`, lifespan) goes through Starlette
 as usual, and so does everything once the app has been given routes, middleware,
 exception handlers or debug mode of someone else's. Either way, every HTTP response gets
-its CORS header here, from one `CORSHeaders`.
+its CORS header here, from the endpoints' one decision (`Endpoints.cors_headers`);
+WebSocket refusals carry it themselves.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from wspush.contract import DirectWriter, WebSocketWriter
-from wspush.cors import CORSHeaders
+from wspush.cors import CORSSend
 from wspush.endpoints import Endpoints, SSEStream, WebSocketStream
 
 
@@ -44,10 +45,10 @@ def route_path(scope: Scope) -> str:
 class RelayApp(Starlette):
     """wspush's routes (see `create_app`), with streams sent straight to their endpoint."""
 
-    def __init__(self, endpoints: Endpoints, cors: CORSHeaders, **kwargs: Any) -> None:
+    def __init__(self, endpoints: Endpoints, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.endpoints = endpoints
-        self.cors = cors
+        self.cors_headers = endpoints.cors_headers
         self._own_setup = (list(self.routes), list(self.user_middleware))
         # Plain HTTP routes of fixed paths (/ping, /ready, /metrics, /demo) are served by
         # Starlette; the short path is for everything the catch-all routes would take.
@@ -66,6 +67,15 @@ class RelayApp(Starlette):
             and self.user_middleware == middleware
             and self.routes == routes
         )
+
+    @property
+    def max_request_head(self) -> int:
+        """The most bytes a request head may take (for wspush's HTTP protocol)."""
+        return self.endpoints.settings.max_request_head
+
+    def refuse_request_head(self, scope: Scope) -> Response:
+        """The answer to a longer head, which wspush's HTTP protocol stops reading."""
+        return self.endpoints.refuse_request_head(scope)
 
     def open_websocket_now(self, scope: Scope, writer: WebSocketWriter) -> WebSocketStream | None:
         """A WebSocket accepted without a task, where the short path would take it (the
@@ -86,13 +96,13 @@ class RelayApp(Starlette):
         scope["app"] = self
         response = self.endpoints.open_sse_now(scope, writer)
         if response is not None:
-            response.raw_headers = [*response.raw_headers, *self.cors.headers_for(scope)]
+            response.raw_headers = [*response.raw_headers, *self.cors_headers(scope)]
         return response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            send = self.cors.wrap_send(scope, send)
+            send = CORSSend(send, self.cors_headers(scope))
         if kind == "lifespan" or not self._short_path_allowed():
             await super().__call__(scope, receive, send)
             return

@@ -5,7 +5,8 @@ Every stream is admitted by `wspush.admission` and then attached to the hub as a
 one, else over ASGI `send`. The hub's one drain sends each its backlog. Refusals get a
 precise status: 400 for a bad token, 429 when the token has its maximum of connections,
 503 while shutting down, 426 for a plain GET on a WebSocket path, 405 for any method but
-GET.
+GET, 431 for a request head over `--max-request-head`; each with the CORS header,
+WebSocket refusals before the upgrade included.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from wspush.admission import Admission, Refusal, is_sse_request
+from wspush.admission import Admission, Refusal, is_sse_request, request_head_refusal
 from wspush.contract import (
     CLOSE_GOING_AWAY,
     CLOSE_MESSAGE_TOO_BIG,
@@ -37,6 +38,7 @@ from wspush.contract import (
     WebSocketWriter,
     direct_writer,
 )
+from wspush.cors import cors_headers_for
 from wspush.hub import Encoder, Hub, Message, Subscription, Transport
 from wspush.logs import ON_PURPOSE, RefusalLog
 from wspush.metrics import metrics_endpoint
@@ -75,6 +77,8 @@ class Endpoints:
         self.frame_encoder = frame_encoder(settings.ws_frame)
         self.payload_encoder = payload_encoder(settings.ws_frame)
         self.asgi_frame = asgi_framer(settings.ws_frame)
+        # The one CORS decision, for every answer the relay writes on any path.
+        self.cors_headers = cors_headers_for(settings.allowed_origins)
 
     # -- plain HTTP ---------------------------------------------------------------------
 
@@ -139,7 +143,7 @@ class Endpoints:
         try:
             subscription = self.admission.admit(websocket.scope, Transport.WEBSOCKET)
         except Refusal as refusal:
-            await deny_websocket(websocket, refusal)
+            await deny_websocket(websocket, refusal, self.cors_headers(websocket.scope))
             return
         try:
             await self.subscriber.wait_subscribed(subscription.token)  # exact mode
@@ -172,6 +176,16 @@ class Endpoints:
         return WebSocketStream(self, subscription, writer)
 
     # -- shared -------------------------------------------------------------------------
+
+    def refuse_request_head(self, scope: Scope) -> Response:
+        """The answer to a request head over `--max-request-head`, counted and logged, for
+        a server that stops reading it (wspush's HTTP protocol): the scope has the
+        headers read so far, enough for the CORS decision."""
+        refusal = request_head_refusal(self.settings.max_request_head)
+        self.admission.refused(refusal, scope)
+        response = refusal_response(refusal)
+        response.raw_headers += self.cors_headers(scope)
+        return response
 
     def too_big(self, message: ASGIMessage) -> bool:
         """A client message over --max-client-message (logged): the connection gets 1009."""
@@ -449,15 +463,21 @@ def refusal_response(refusal: Refusal) -> Response:
     """The HTTP answer to a refusal, with the header that tells the client what next."""
     headers = {
         426: {"Upgrade": "websocket"},
+        431: {"Connection": "close"},  # the rest of that head is not worth reading
         503: {"Retry-After": str(RETRY_AFTER_SECONDS)},
     }.get(refusal.status)
     return PlainTextResponse(refusal.reason + "\n", refusal.status, headers=headers)
 
 
-async def deny_websocket(websocket: WebSocket, refusal: Refusal) -> None:
-    """An HTTP status before the upgrade where the server can, else a close code."""
+async def deny_websocket(
+    websocket: WebSocket, refusal: Refusal, cors: list[tuple[bytes, bytes]]
+) -> None:
+    """An HTTP status before the upgrade where the server can (with the CORS header, as
+    every HTTP answer has), else a close code."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(refusal_response(refusal))
+        response = refusal_response(refusal)
+        response.raw_headers += cors
+        await websocket.send_denial_response(response)
         ON_PURPOSE.set(True)  # see `wspush.logs.OnPurposeFilter`
     else:
         await websocket.close(refusal.close_code, refusal.reason)

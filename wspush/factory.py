@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
-from wspush.cors import CORSHeaders
 from wspush.demo import demo_routes
 from wspush.dispatch import RelayApp
 from wspush.endpoints import AnyMethod, Endpoints
+from wspush.engine.handshake import lift_websockets_head_limits
 from wspush.logs import configure_logging, quiet_unfinished_on_purpose
 from wspush.relay import Relay
 from wspush.settings import Settings, load_env_file
@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings = settings_from_environment()
     quiet_unfinished_on_purpose()
     relay = Relay(settings)
+    lift_websockets_head_limits()  # so every WebSocket head gets the relay's answer
     endpoints = Endpoints(settings, relay.hub, relay.subscriber, relay.stats, relay.metrics)
 
     @contextlib.asynccontextmanager
@@ -40,7 +41,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     metrics = [Route("/metrics", AnyMethod(endpoints.metrics))] if settings.metrics else []
     app = RelayApp(
         endpoints,
-        CORSHeaders(settings.allowed_origins),
         routes=[
             Route("/ping", AnyMethod(endpoints.ping)),
             Route("/ready", AnyMethod(endpoints.ready)),

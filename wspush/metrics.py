@@ -35,6 +35,7 @@ REFUSAL_REASONS = (
     "capacity",
     "ip_limit",
     "not_websocket",
+    "request_head",
 )
 # Why a delivery did not happen: the `reason` label of wspush_messages_dropped_total.
 DROP_REASONS = {

@@ -29,6 +29,10 @@ HMAC_DIGESTS = ("md5", "sha256")
 SUBSCRIBE_MODES = ("pattern", "exact")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
+# Enough for any browser's or proxy's request (their own limits are 8 to 64 KiB) and a
+# JWT of a few KiB in ?token=; Go's net/http allows 1 MiB.
+DEFAULT_MAX_REQUEST_HEAD = 64 * 1024
+MIN_MAX_REQUEST_HEAD = 1024
 _BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
 
 
@@ -188,6 +192,12 @@ class Settings:
         "larger ones close the connection with 1009",
         metavar="BYTES",
     )
+    max_request_head: int = _setting(
+        DEFAULT_MAX_REQUEST_HEAD,
+        "largest request head (request line and headers) a client may send, in bytes; a "
+        "larger one gets 431 and is closed, WebSocket and SSE alike (Go's limit: 1 MiB)",
+        metavar="BYTES",
+    )
     sse_retry: int = _setting(
         2000,
         "milliseconds an SSE client is told to wait before reconnecting after a shutdown "
@@ -282,6 +292,11 @@ class Settings:
         _require(self.max_drops >= 0, "max_drops", "must be 0 or more")
         _require(self.max_message_size >= 1, "max_message_size", "must be at least 1")
         _require(self.max_client_message >= 125, "max_client_message", "must be at least 125")
+        _require(
+            self.max_request_head >= MIN_MAX_REQUEST_HEAD,
+            "max_request_head",
+            f"must be at least {MIN_MAX_REQUEST_HEAD}",
+        )
         _require(self.sse_retry >= 0, "sse_retry", "must be 0 or more")
         _require(
             not (self.redis_cluster and self.redis_url.startswith("unix:")),

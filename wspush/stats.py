@@ -47,6 +47,7 @@ class Stats:
     refused_capacity: int = 0
     refused_ip_limit: int = 0
     refused_not_websocket: int = 0
+    refused_request_head: int = 0  # request heads over --max-request-head (431)
     dropped_queue_full: int = 0  # deliveries dropped because a client's buffer was full
     dropped_flood: int = 0  # deliveries shed while the relay was behind Redis
     dropped_too_large: int = 0  # messages over --max-message-size, sent to nobody

@@ -9,11 +9,13 @@ set up. For the plain handshakes browsers and client libraries send, wspush's pr
 
 `plain_handshake_key` only accepts what websockets would accept exactly as it is, and
 returns None for everything else: uvicorn's own path then answers it, so every error
-response and edge case stays uvicorn's and websockets'.
+response and edge case stays uvicorn's and websockets'. Size is not one of them: see
+`lift_websockets_head_limits`.
 
-Upstream touched: none (it imports nothing of uvicorn's); the bytes of the 101 are those
-uvicorn 0.54.0's websockets-sansio protocol writes with websockets 17.4, as
-tests/test_engine.py compares.
+Upstream touched (checked against websockets 17.4): `websockets.http11.MAX_LINE_LENGTH`
+and `MAX_NUM_HEADERS` (see `lift_websockets_head_limits`); nothing of uvicorn's. The
+bytes of the 101 are those uvicorn 0.54.0's websockets-sansio protocol writes with
+websockets 17.4, as tests/test_engine.py compares.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import base64
 import binascii
 import hashlib
 import re
+import sys
 from collections.abc import Iterable
+
+from websockets import http11
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SWITCHING_PROTOCOLS = (
@@ -31,11 +36,27 @@ SWITCHING_PROTOCOLS = (
     b"Connection: Upgrade\r\n"
     b"Sec-WebSocket-Accept: "
 )
-# Well inside websockets' own limits (128 headers, 8 KiB lines), so nothing it would
-# refuse for size is answered here.
-MAX_HEADERS = 64
-MAX_LENGTH = 4096
 TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+
+
+def lift_websockets_head_limits() -> None:
+    """Let websockets parse any request head uvicorn hands it, whatever its size.
+
+    uvicorn's HTTP protocol reads a request head whole, then hands an upgrade to
+    websockets as bytes to parse again. websockets refuses a line over 8 KiB or more
+    than 128 headers with a 414 or 431 that uvicorn's WebSocket protocol never writes
+    (it only sends what websockets has to send once a request or a frame comes out):
+    the client would wait for ever. By then the head is in memory anyway (wspush's HTTP
+    protocol holds at most `--max-request-head` of it; a stock uvicorn's, any size), so
+    these limits protect nothing; the relay's own limit answers instead, with 431 and
+    the CORS header (`Endpoints._check_request_head`).
+
+    They are websockets' documented knobs (WEBSOCKETS_MAX_LINE_LENGTH and
+    WEBSOCKETS_MAX_NUM_HEADERS, read at import, looked up by its parser on every
+    call), and so process-wide: they also apply to websockets clients in the process.
+    """
+    http11.MAX_LINE_LENGTH = sys.maxsize
+    http11.MAX_NUM_HEADERS = sys.maxsize
 
 
 def plain_handshake_key(
@@ -49,14 +70,12 @@ def plain_handshake_key(
     """
     if method != "GET" or http_version != "1.1":
         return None
-    if len(target) > MAX_LENGTH or not target.isascii():
+    if not target.isascii():
         return None
     key = version = upgrade = None
     connection_upgrade = False
     origins = 0
-    for count, (name, value) in enumerate(headers, 1):
-        if count > MAX_HEADERS or len(value) > MAX_LENGTH:
-            return None
+    for name, value in headers:
         if name == b"sec-websocket-key":
             if key is not None:
                 return None

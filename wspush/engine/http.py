@@ -37,20 +37,28 @@ import httptools
 from uvicorn.config import Config
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
-from wspush.contract import DIRECT_WRITE, KICK_GRACE, TaskFreeStream
+from wspush.contract import DIRECT_WRITE, HEAD_LIMITED, KICK_GRACE, TaskFreeStream
 from wspush.engine.handshake import plain_handshake_key
 from wspush.engine.heads import response_heads
-from wspush.engine.proxy import open_without_task
-from wspush.engine.websocket import WebSocketsSansIODirectProtocol
+from wspush.engine.proxy import app_method, open_without_task, past_proxy_headers
+from wspush.engine.websocket import LIMITED, WebSocketsSansIODirectProtocol
 from wspush.lightweight import LightEvent
+from wspush.settings import DEFAULT_MAX_REQUEST_HEAD
 
 # The loggers uvicorn's protocols look up on every connection (a lock and a dict lookup
 # each time); loggers are process-wide singletons, so one lookup is the same logger.
 ERROR_LOGGER = logging.getLogger("uvicorn.error")
 ACCESS_LOGGER = logging.getLogger("uvicorn.access")
+# `head_room` of a connection whose head was refused: what it sends is read and dropped
+# until it closes, or `KICK_GRACE` after the answer.
+DISCARDING = -1
 
 
 class HTTPDirectWriter:
@@ -144,14 +152,32 @@ def transport_addresses(
     return server, client
 
 
+def request_head_limit(server_state: ServerState, app: Any) -> int:
+    """The most bytes a request head may take on this server: the app's
+    `max_request_head` (wspush's: `--max-request-head`), else wspush's default; looked
+    up once and kept with the state the server's connections share."""
+    limit: int | None = getattr(server_state, "wspush_max_request_head", None)
+    if limit is None:
+        target = past_proxy_headers(app)
+        limit = int(getattr(target, "max_request_head", DEFAULT_MAX_REQUEST_HEAD))
+        server_state.wspush_max_request_head = limit  # type: ignore[attr-defined]
+    return limit
+
+
 class HttpToolsDirectProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, plus the direct-write extension on each request.
+    """uvicorn's httptools protocol, plus the direct-write extension on each request,
+    and a limit on the size of a request head.
 
     It is also cheaper to open and to keep. Its waiting primitives are the lightweight
     ones: an SSE stream keeps its connection for hours, and uvicorn's deques and events
     would cost about 2 KB of it. Its constructor and `connection_made` are uvicorn's
     without the per-connection logger look-ups and socket objects, and it looks at a
     request's upgrade headers once instead of three times.
+
+    httptools keeps a request head until it is complete, however long it grows, and
+    so would uvicorn. This protocol holds at most the server's `request_head_limit`
+    of it: a longer head gets 431 (from the app, with its CORS header) before the rest
+    is read, SSE and WebSocket upgrades alike.
     """
 
     def __init__(
@@ -197,6 +223,8 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
         self.upgrade_of: list[tuple[bytes, bytes]] | None = None  # the headers `upgrading` is of
         self.upgrading = False
         self.stream: TaskFreeStream | None = None  # an SSE stream opened without a task
+        # Bytes the request head being read may still take; None once it is complete.
+        self.head_room: int | None = request_head_limit(server_state, self.app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.connections.add(self)
@@ -207,6 +235,67 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
         if self.logger.level <= TRACE_LOG_LEVEL:
             prefix = "{}:{} - ".format(*self.client) if self.client else ""
             self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, with the request head limit: a head is fed to the parser only as
+        far as the limit allows, and refused if it has not ended there."""
+        room = self.head_room
+        if room is None and self.cycle is not None and not self.cycle.more_body:
+            # The request before is complete: these bytes begin the next one's head. (If
+            # they came with the end of that request, they were not counted: the limit
+            # may let one read more in.)
+            room = request_head_limit(self.server_state, self.app)
+        if room is not None:
+            if room == DISCARDING:
+                return
+            if len(data) > room:
+                self._feed_up_to_head_limit(data, room)
+                return
+            self.head_room = room - len(data)
+        HttpToolsProtocol.data_received(self, data)
+
+    def _feed_up_to_head_limit(self, data: bytes, room: int) -> None:
+        super().data_received(data[:room])
+        transport = self.transport
+        if transport.is_closing() or transport.get_protocol() is not self:
+            return  # answered already (a malformed request), or upgraded to WebSocket
+        if self.head_room is not None:
+            self.refuse_request_head()
+            return
+        self.data_received(data[room:])  # the body, or requests pipelined after it
+
+    def on_headers_complete(self) -> None:
+        self.head_room = None
+        HttpToolsProtocol.on_headers_complete(self)
+
+    def refuse_request_head(self) -> None:
+        """Answer a request head over the limit, and close.
+
+        The app answers (wspush's counts and logs it, and adds the CORS header, from
+        the headers read so far); any other app's clients get a plain 431. What the
+        client sends after that is read and dropped, so that closing does not reset
+        the connection before the client has read its answer (as Go's server does).
+        """
+        self.head_room = DISCARDING
+        scope: Any = self.scope or {"type": "http", "headers": [], "client": self.client}
+        scope.setdefault("path", self.url.partition(b"?")[0].decode("latin-1"))
+        refuse, _ = app_method(self.app, "refuse_request_head", scope)
+        if refuse is None:
+            body = b"request head too large\n"
+            status, headers = 431, [(b"content-type", b"text/plain; charset=utf-8")]
+            headers += [(b"content-length", b"%d" % len(body)), (b"connection", b"close")]
+        else:
+            response = refuse(scope)  # with `connection: close`, as every 431 of the app
+            status, headers, body = response.status_code, response.raw_headers, response.body
+        head = [STATUS_LINE[status]]
+        for name, value in [*self.server_state.default_headers, *headers]:
+            head += [name, b": ", value, b"\r\n"]
+        head += [b"\r\n", body]
+        transport = self.transport
+        transport.write(b"".join(head))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(KICK_GRACE, transport.close)
 
     def _should_upgrade(self) -> bool:
         """uvicorn's, remembered for the request: uvicorn asks up to three times."""
@@ -249,7 +338,11 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
         cycle.message_event = LightEvent(cycle.message_event.is_set())  # type: ignore[assignment]
         writer = HTTPDirectWriter(cycle)
         scope: Any = cycle.scope
-        scope["extensions"] = {**(scope.get("extensions") or {}), DIRECT_WRITE: {"writer": writer}}
+        scope["extensions"] = {
+            **(scope.get("extensions") or {}),
+            DIRECT_WRITE: {"writer": writer},
+            HEAD_LIMITED: LIMITED,
+        }
         if app is self.app and not cycle.flow.write_paused:
             app = self._open_without_task(cycle, writer)
             if app is None:

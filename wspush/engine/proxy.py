@@ -15,6 +15,25 @@ from typing import Any
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 
+def past_proxy_headers(app: Any) -> Any:
+    """The app uvicorn's proxy-headers middleware wraps, or `app` if it is not that."""
+    return app.app if isinstance(app, ProxyHeadersMiddleware) else app
+
+
+def app_method(app: Any, name: str, scope: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """The app's method `name` if it has one (past uvicorn's proxy-headers middleware),
+    and the ASGI app to call past that middleware; with a `scope`, and a method to call,
+    the middleware's work is done on the scope here, in place."""
+    proxy = app if isinstance(app, ProxyHeadersMiddleware) else None
+    inner = past_proxy_headers(app)
+    method = getattr(inner, name, None)
+    if method is None:
+        return None, app
+    if proxy is not None and scope is not None:
+        apply_proxy_headers(proxy, scope)
+    return method, inner
+
+
 def open_without_task(app: Any, name: str, scope: dict[str, Any], writer: Any) -> tuple[Any, Any]:
     """Ask the app's `name` opener (`open_websocket_now`, `open_sse_now`) for a stream
     that needs no task, if the app has one, and say which app to call otherwise.
@@ -25,13 +44,9 @@ def open_without_task(app: Any, name: str, scope: dict[str, Any], writer: Any) -
     opener decided and kept in the scope (a refusal) reaches the app.
     Returns (the stream or None, the ASGI app to call when None).
     """
-    proxy = app if isinstance(app, ProxyHeadersMiddleware) else None
-    inner = app if proxy is None else proxy.app
-    opener = getattr(inner, name, None)
+    opener, inner = app_method(app, name, scope)
     if opener is None:
         return None, app
-    if proxy is not None:
-        apply_proxy_headers(proxy, scope)
     return opener(scope, writer), inner
 
 

@@ -35,10 +35,12 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from wspush.contract import CLOSE_GOING_AWAY, DIRECT_WRITE, KICK_GRACE
+from wspush.contract import CLOSE_GOING_AWAY, DIRECT_WRITE, HEAD_LIMITED, KICK_GRACE
 from wspush.engine.handshake import switching_protocols
 from wspush.engine.proxy import open_without_task
 from wspush.lightweight import LightEvent, LightQueue
+
+LIMITED: dict[object, object] = {}  # `HEAD_LIMITED`'s value: nothing to say but that
 
 
 class WebSocketDirectWriter:
@@ -206,6 +208,7 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
             "extensions": {
                 "websocket.http.response": {},
                 DIRECT_WRITE: {"writer": WebSocketDirectWriter(self)},
+                HEAD_LIMITED: LIMITED,  # by the HTTP protocol that parsed it
             },
         }
         if self._open_without_task():
@@ -234,6 +237,24 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         self._accept_parsed({"type": "websocket.accept"})
         endpoint.opened()
         return True
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.handshake_initiated and not self.transport.is_closing():
+            self._send_handshake_refusal()
+
+    def _send_handshake_refusal(self) -> None:
+        """Write websockets' refusal of a request it could not parse, and close.
+
+        uvicorn's protocol writes what websockets has to send only once a request or a
+        frame comes out of it; a refusal of the request itself would never be sent, and
+        the client would wait for an answer for ever.
+        """
+        refusal = self.conn.data_to_send()
+        if refusal:
+            self.handshake_complete = self.close_sent = True
+            self.transport.write(b"".join(refusal))
+            self.transport.close()
 
     def send_receive_event_to_app(self) -> None:
         super().send_receive_event_to_app()
