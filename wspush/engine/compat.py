@@ -39,7 +39,10 @@ REQUIRED = {
         "HttpToolsProtocol._start_asgi_task",
         "HttpToolsProtocol.connection_lost",
         "HttpToolsProtocol.connection_made",
+        "HttpToolsProtocol.data_received",
+        "HttpToolsProtocol.on_headers_complete",
         "RequestResponseCycle.send",
+        "STATUS_LINE",
     ],
     "uvicorn.protocols.utils": [
         "ClientDisconnected",
@@ -55,6 +58,7 @@ REQUIRED = {
         "WebSocketsSansIOProtocol.stop_keepalive",
         "WebSocketsSansIOProtocol.on_task_complete",
         "WebSocketsSansIOProtocol.connection_made",
+        "WebSocketsSansIOProtocol.data_received",
     ],
     "uvicorn.middleware.proxy_headers": [
         "ProxyHeadersMiddleware",
@@ -62,6 +66,7 @@ REQUIRED = {
     ],
     "websockets.server": ["ServerProtocol.send_close", "ServerProtocol.data_to_send"],
     "websockets.protocol": ["OPEN"],
+    "websockets.http11": ["MAX_LINE_LENGTH", "MAX_NUM_HEADERS"],
 }
 # The keyword arguments the engine passes to upstream constructors.
 SIGNATURES = {

@@ -17,7 +17,9 @@ any is missing):
   `tasks`, `transport`, `flow`, `server`, `client`, `scheme`, `pipeline`, `scope`,
   `headers`, `expect_100_continue`, `cycle`), as is `connection_made`; it overrides
   `_should_upgrade`, `handle_websocket_upgrade`, `_start_asgi_task` and
-  `connection_lost`, and reads `url` and `config.ws_per_message_deflate`;
+  `connection_lost`, `data_received` and `on_headers_complete` (the request-head limit),
+  and reads `url`, `cycle.more_body` and `config.ws_per_message_deflate`;
+- `uvicorn.protocols.http.httptools_impl.STATUS_LINE` (the head of a 431);
 - `RequestResponseCycle`: `message_event`, `scope`, `flow`, `transport`,
   `response_started`, `response_complete`, `disconnected`, `chunked_encoding`, `send`;
 - `uvicorn.protocols.http.flow_control.FlowControl`: `_transport`, `read_paused`,

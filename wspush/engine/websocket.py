@@ -12,7 +12,8 @@ stock protocols if any is missing):
   `read_paused`, `writable`, `ping_interval`, `ping_timeout`, `ping_timer`,
   `pong_timer`, `pending_ping_payload`, `ping_sent_at`, `last_ping_rtt`, `frames`,
   `curr_msg_data_type`, `conn`, `transport`, `server`, `client`, `scheme`, `scope`);
-  it overrides `send`, `run_asgi`, `send_receive_event_to_app` and `shutdown`, and calls
+  it overrides `send`, `run_asgi`, `send_receive_event_to_app`, `data_received` and
+  `shutdown`, and calls
   `start_keepalive`, `stop_keepalive`, `on_task_complete`, `request` and `response`;
 - the HTTP protocol's `config`, `loop`, `logger`, `app_state`, `server_state`
   (`connections`, `tasks`, `default_headers`), `transport`, `server`, `client`, `scheme`;
