@@ -49,7 +49,7 @@ def lift_websockets_head_limits() -> None:
     the client would wait for ever. By then the head is in memory anyway (wspush's HTTP
     protocol holds at most `--max-request-head` of it; a stock uvicorn's, any size), so
     these limits protect nothing; the relay's own limit answers instead, with 431 and
-    the CORS header (`Endpoints._check_request_head`).
+    the CORS header (`Admission._check_request_head`).
 
     They are websockets' documented knobs (WEBSOCKETS_MAX_LINE_LENGTH and
     WEBSOCKETS_MAX_NUM_HEADERS, read at import, looked up by its parser on every
