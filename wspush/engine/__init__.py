@@ -12,6 +12,7 @@ versions `compat` finds lacking) the relay serves the same behaviour through pla
 - `handshake`: the opening handshake answered from what httptools parsed;
 - `proxy`: the scope uvicorn's proxy-headers middleware would pass on;
 - `heads`: SSE response heads encoded once by uvicorn's own `send`;
+- `exit`: when a bare uvicorn has been told to exit (through sse-starlette's watcher);
 - `compat`: whether the installed versions offer what these need.
 
 Each module's docstring lists the upstream names it touches and the versions it was
