@@ -101,6 +101,8 @@ class Config:
     token_prefix: str
     hmac_key: bytes | None
     hmac_source: str
+    jwt_secret: str
+    jwt_ttl: float
     use_uvloop: bool
     json: bool
 
@@ -228,6 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="base64url key the server verifies tokens with (default: $WSPUSH_KEY if set); "
         "tokens are then signed like wspush expects",
     )
+    a(
+        "--jwt-secret",
+        default="",
+        help="connect with HS256 JWTs signed with this secret (the server's --jwt-secret), "
+        "whose sub is the token name (needs PyJWT)",
+    )
+    a(
+        "--jwt-ttl",
+        type=float,
+        default=3600.0,
+        help="with --jwt-secret: seconds until the JWTs expire (0: no exp claim)",
+    )
     a("--no-uvloop", action="store_true", help="use the stock asyncio loop even if uvloop is there")
     a(
         "--allow-remote",
@@ -303,6 +317,8 @@ def parse_config(argv: Sequence[str]) -> Config:
         else f"lt{secrets.token_hex(3)}-",
         hmac_key=key,
         hmac_source=key_source,
+        jwt_secret=ns.jwt_secret,
+        jwt_ttl=ns.jwt_ttl,
         use_uvloop=not ns.no_uvloop,
         json=ns.json,
     )
@@ -380,9 +396,22 @@ def is_loopback_host(host: str) -> bool:
     return ip.is_loopback
 
 
+def make_route(cfg: Config, j: int) -> str:
+    """The channel suffix of token j: the token, or with JWTs their sub."""
+    return f"{cfg.token_prefix}{j}" if cfg.jwt_secret else make_token(cfg, j)
+
+
 def make_token(cfg: Config, j: int) -> str:
-    """Token j; signed as base64url(payload + HMAC-MD5(key, payload)) when a key is set."""
+    """Token j; signed as base64url(payload + HMAC-MD5(key, payload)) when a key is set,
+    or a JWT whose sub is the name with --jwt-secret."""
     name = f"{cfg.token_prefix}{j}"
+    if cfg.jwt_secret:
+        import jwt  # PyJWT, only for this mode
+
+        claims: dict[str, object] = {"sub": name, "iat": int(time.time())}
+        if cfg.jwt_ttl:
+            claims["exp"] = int(time.time() + cfg.jwt_ttl)
+        return jwt.encode(claims, cfg.jwt_secret, algorithm="HS256")
     if cfg.hmac_key is None:
         return name
     raw = name.encode() + hmac.new(cfg.hmac_key, name.encode(), "md5").digest()
@@ -1203,7 +1232,7 @@ class Run:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.tokens = [make_token(cfg, j) for j in range(cfg.tokens)]
-        self.channels = [f"{cfg.prefix}{t}".encode() for t in self.tokens]
+        self.channels = [f"{cfg.prefix}{make_route(cfg, j)}".encode() for j in range(cfg.tokens)]
         self.recorder = Recorder(cfg.connections)
         self.conns = [
             Conn(i, i % cfg.tokens, pick_transport(cfg.transport, i))
@@ -1440,8 +1469,12 @@ class Run:
         await self.preflight()
         self.report["rss_before_kb"] = self.rss()
         try:
+            setup_cpu = self.server_cpu()
             await self.open_all()
             self.report_setup()
+            setup_cpu_end = self.server_cpu()
+            if setup_cpu is not None and setup_cpu_end is not None:
+                self.report["setup_server_cpu_s"] = round(setup_cpu_end - setup_cpu, 3)
             settle = max(self.cfg.settle, 2.0) if self.cfg.idle_mode else self.cfg.settle
             if not self.stop.is_set() and self.setup.opened and not await self.pause(settle):
                 self.report["rss_after_kb"] = self.rss()

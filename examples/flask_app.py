@@ -1,9 +1,11 @@
 """Publishing from Flask: the Redis client is an app extension, made by the app factory.
 
     REDIS_URL=redis://localhost:6379 WSPUSH_KEY=... flask --app examples.flask_app run
+    REDIS_URL=redis://localhost:6379 WSPUSH_JWT_SECRET=... flask --app examples.flask_app run
 
-GET /push-token/42 gives user 42's browser its token; POST /users/42/notify (a JSON
-body) pushes that body to every page user 42 has open.
+GET /push-token/42 gives user 42's browser its token (with WSPUSH_JWT_SECRET, a JWT
+that expires in 10 minutes, for the page to renew); POST /users/42/notify (a JSON body)
+pushes that body to every page user 42 has open.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(
         WSPUSH_REDIS_URL=os.environ.get("REDIS_URL", "redis://localhost:6379"),
         WSPUSH_KEY=os.environ.get("WSPUSH_KEY", ""),
+        WSPUSH_JWT_SECRET=os.environ.get("WSPUSH_JWT_SECRET", "").split(",")[0],
         WSPUSH_PREFIX=os.environ.get("WSPUSH_PREFIX", "example."),
     )
     app.config.update(config or {})
@@ -37,8 +40,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def user_token(user_id: int) -> str:
-    """The token for `?token=`: "user:<id>" signed with the relay's key (WSPUSH_KEY)."""
+JWT_TTL = 600  # seconds: a leaked token is worth little, and the page renews it
+
+
+def user_route(user_id: int) -> str:
+    """What to publish to for user <id>: the JWTs' sub, or else the signed token itself
+    ("user:<id>" signed with the relay's key, WSPUSH_KEY)."""
+    if current_app.config["WSPUSH_JWT_SECRET"]:
+        return f"user:{user_id}"
     return wspush.sign_token(
         decode_key(current_app.config["WSPUSH_KEY"]), f"user:{user_id}".encode()
     )
@@ -47,14 +56,17 @@ def user_token(user_id: int) -> str:
 @push.get("/push-token/<int:user_id>")
 def push_token(user_id: int) -> ResponseReturnValue:
     # In a real app: only for the logged-in user (user_id from the session).
-    return jsonify(token=user_token(user_id))
+    secret = current_app.config["WSPUSH_JWT_SECRET"]
+    if secret:  # a short-lived JWT whose sub is the route
+        return jsonify(token=wspush.sign_jwt(secret, user_route(user_id), JWT_TTL))
+    return jsonify(token=user_route(user_id))
 
 
 @push.post("/users/<int:user_id>/notify")
 def notify(user_id: int) -> ResponseReturnValue:
     client: redis.Redis = current_app.extensions["wspush_redis"]
     relays = wspush.publish(
-        client, user_token(user_id), request.get_json(), prefix=current_app.config["WSPUSH_PREFIX"]
+        client, user_route(user_id), request.get_json(), prefix=current_app.config["WSPUSH_PREFIX"]
     )
     # `relays` counts wspush processes that got it, not browsers: 0 means none is running.
     return jsonify(relays=relays)

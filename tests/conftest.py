@@ -23,6 +23,7 @@ import httpx
 import pytest
 import redis
 
+from tests.jwts import KeyPair, make_key_pairs
 from wspush.cli import build_parser
 from wspush.logs import uvicorn_log_level
 from wspush.serving import UVICORN_GRACE
@@ -231,6 +232,16 @@ class Wspush:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+class StockUvicorn(Wspush):
+    """`uvicorn wspush.app:app` as a bare deployment runs it: stock uvicorn protocols,
+    configured by the environment alone."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        super().__init__(workdir, server="uvicorn")
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("WSPUSH_")}
+        self.env = {**clean, "PYTHONUNBUFFERED": "1", **env}
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -310,7 +321,7 @@ def spawn_on(tmp_path: Path) -> Iterator[Callable[..., Wspush]]:
     def start(server: str, **settings: str) -> Wspush:
         variables = {f"WSPUSH_{name.upper()}": value for name, value in settings.items()}
         relay = Wspush(tmp_path / server, server=server)
-        relay.env = {**clean, "PYTHONUNBUFFERED": "1", **variables}
+        relay.env = {**clean, "PYTHONUNBUFFERED": "1", **variables}  # the environment alone
         started.append(relay)
         return relay.start()
 
@@ -326,6 +337,12 @@ def fresh_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def key_pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
+    """RS256, ES256 and EdDSA key pairs, their public keys in PEM files."""
+    return make_key_pairs(tmp_path_factory.mktemp("jwt-keys"))
 
 
 @pytest.fixture

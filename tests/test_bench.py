@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,18 @@ def test_it_refuses_to_load_a_remote_host(redis_server: RedisServer) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "loopback" in result.stderr.lower()
+
+
+def test_jwt_mode_connects_with_jwts_and_publishes_to_their_sub(
+    spawn: Callable[..., Wspush], redis_server: RedisServer
+) -> None:
+    secret = "bench-secret-of-at-least-thirty-two-bytes"
+    relay = spawn("-redis", redis_server.address, "--jwt-secret", secret)
+    report = loadtest(
+        relay, redis_server, "--transport", "mix", "--connections", "20", "--tokens", "10",
+        "--rate", "100", "--duration", "1", "--jwt-secret", secret,
+    )  # fmt: skip
+    assert report["opened"] == 20
+    assert report["failed"] == 0
+    assert report["expected"] == report["received"] == 200
+    assert isinstance(report["setup_server_cpu_s"], float)

@@ -8,7 +8,9 @@ download is never used.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from tests.conftest import RedisServer, Wspush, wait_until
+from tests.jwts import SECRET, signed
 from tests.test_factory import ready, served
 from wspush import Settings, create_app
 
@@ -322,3 +325,96 @@ def test_browser_demo_page_works_mounted_under_a_path(
         for pane in ("#sse", "#ws"):
             expect(page.locator(f"{pane} .state")).to_have_text("closed", timeout=WAIT_MS)
         assert errors == []
+
+
+# -- tokens that expire --------------------------------------------------------------------
+
+
+def test_browser_sees_the_expiry_event_and_close_code_when_a_jwt_expires(
+    context: BrowserContext, spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
+) -> None:
+    server = spawn("-redis", redis_server.address, "--jwt-secret", SECRET, "--jwt-leeway", "0")
+    page = harness_page(context, server)
+    page.evaluate(
+        """(token) => {
+          openSSE(token); openWS(token);
+          es.addEventListener("wspush-expired", (e) => events.push(["sse", "expired", e.data]));
+          ws.addEventListener("close", (e) => events.push(["ws", "reason", e.reason]));
+        }""",
+        signed({"sub": token, "exp": int(time.time()) + 2}),
+    )
+    wait_js(page, "count('sse', 'open') === 1 && count('ws', 'open') === 1")
+    redis_server.publish(f"example.{token}", "before expiry")
+    wait_js(page, "received('sse', 'before expiry') && received('ws', 'before expiry')")
+    wait_js(page, "count('sse', 'expired') === 1 && count('ws', 'close') === 1", 5_000)
+    seen = page.evaluate("events")
+    assert ["sse", "expired", "token expired"] in seen
+    assert ["ws", "close", 1008] in seen
+    assert ["ws", "reason", "token expired"] in seen
+
+
+def readme_renewal_snippet() -> str:
+    """The README's JavaScript that renews a JWT, with its fetch of a fresh token and the
+    relay's address replaced by the test's."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = readme.split("```js\n")
+    (snippet,) = [block.split("```")[0] for block in blocks if "function listen(" in block]
+    start = snippet.index("function expiryOf")
+    return snippet[start:].replace("https://push.example.com", "")
+
+
+def test_browser_runs_the_readme_renewal_and_keeps_receiving_across_expiries(
+    context: BrowserContext, spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
+) -> None:
+    server = spawn("-redis", redis_server.address, "--jwt-secret", SECRET, "--jwt-leeway", "0")
+    page = context.new_page()
+    page.goto(server.url + "/ping")
+    issued: list[str] = []
+
+    def mint() -> str:  # the backend's /push-token: a JWT that lives 2 s
+        issued.append(signed({"sub": token, "exp": int(time.time()) + 2}))
+        return issued[-1]
+
+    page.expose_function("mintToken", mint)
+    listening = readme_renewal_snippet().replace(
+        'listen((data) => console.log("message", data));', "listen((data) => got.push(data));"
+    )
+    page.add_script_tag(
+        content="window.got = [];\nasync function freshToken() { return await mintToken(); }\n"
+        + listening
+    )
+    wait_js(page, "typeof listen === 'function'")
+    sent = []
+    deadline = time.monotonic() + 5  # several tokens' lifetimes
+    while time.monotonic() < deadline:
+        sent.append(f"message {len(sent)}")
+        redis_server.publish(f"example.{token}", sent[-1])
+        page.wait_for_timeout(250)  # (not time.sleep: mintToken answers only while this waits)
+    wait_js(page, f"got.includes({json.dumps(sent[-1])})")
+    got = page.evaluate("got")
+    assert len(issued) >= 3
+    missed = [message for message in sent[2:] if message not in got]
+    assert not missed, (missed, got)
+
+
+def test_browser_demo_page_routes_a_jwt_by_its_sub_and_says_when_it_expired(
+    context: BrowserContext, spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
+) -> None:
+    server = spawn(
+        "-redis", redis_server.address, "--demo", "--jwt-secret", SECRET, "--jwt-leeway", "0"
+    )
+    page = context.new_page()
+    errors = watch_console(page)
+    page.goto(server.url + "/demo")
+    expect(page.locator("#token-note")).to_contain_text("This relay takes JWTs")
+    connect_demo(page, signed({"sub": token, "exp": int(time.time()) + 3}))
+    expect(page.locator("#publish-command")).to_have_text(
+        f"redis-cli PUBLISH example.{token} hello", timeout=WAIT_MS
+    )
+    redis_server.publish(f"example.{token}", "for the sub")
+    for pane in ("#sse", "#ws"):
+        expect(page.locator(f"{pane} li.message .data")).to_have_text(["for the sub"])
+    expect(page.locator("#sse .state")).to_have_text("closed", timeout=WAIT_MS)
+    expect(page.locator("#sse ol.log")).to_contain_text("the token expired")
+    expect(page.locator("#ws ol.log")).to_contain_text("1008 \u201ctoken expired\u201d")
+    assert errors == [], errors

@@ -3,14 +3,19 @@ and a real relay."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
+import jwt
 import pytest
 
 from tests.clients import SSEClient, receive, websocket
 from tests.conftest import RedisServer, Wspush, free_port
+from tests.jwts import SECRET
+from wspush import sign_jwt
 from wspush.settings import decode_key
 from wspush.tokens import verify
 
@@ -49,6 +54,49 @@ async def test_token_signs_with_the_configured_key_and_the_relay_lets_it_in(
     async with websocket(server.ws_url(token)) as ws:
         redis_server.publish(f"example.{token}", "signed")
         assert await receive(ws) == b"signed"
+
+
+async def test_token_jwt_prints_a_jwt_the_relay_lets_in_until_it_expires(
+    spawn: Callable[..., Wspush], redis_server: RedisServer
+) -> None:
+    env = {**os.environ, "WSPUSH_JWT_SECRET": SECRET, "WSPUSH_JWT_AUDIENCE": "pages"}
+    before = int(time.time())
+    result = wspush("token", "--jwt", "--sub", "alice", "--ttl", "600", env=env)
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.decode().strip()
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"], audience="pages")
+    assert claims["sub"] == "alice"
+    assert before + 600 <= claims["exp"] <= int(time.time()) + 600
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    server = spawn("-redis", redis_server.address, env=env)
+    async with websocket(server.ws_url(token)) as ws:
+        redis_server.publish("example.alice", "for alice")
+        assert await receive(ws) == b"for alice"
+
+
+def test_token_jwt_needs_a_secret_and_a_sub() -> None:
+    env = {"PATH": "/usr/bin:/bin"}
+    no_secret = wspush("token", "--jwt", "--sub", "alice", env=env)
+    assert no_secret.returncode == 1
+    assert b"no JWT secret configured" in no_secret.stderr
+    no_sub = wspush("token", "--jwt", "--jwt-secret", SECRET, env=env)
+    assert no_sub.returncode == 1
+    assert b"--sub" in no_sub.stderr
+    too_long = wspush(
+        "token", "--jwt", "--sub", "a", "--ttl", "7200", "--jwt-secret", SECRET,
+        "--jwt-max-age", "3600", env=env,
+    )  # fmt: skip
+    assert too_long.returncode == 1
+    assert b"longer than --jwt-max-age 3600" in too_long.stderr
+
+
+def test_sign_jwt_is_the_python_helper() -> None:
+    token = sign_jwt(SECRET, "bob", 60)
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "bob"
+    assert claims["exp"] - claims["iat"] in (59, 60)
+    with pytest.raises(ValueError, match="ttl"):
+        sign_jwt(SECRET, "bob", 0)
 
 
 def test_token_without_a_key_says_how_to_get_one() -> None:

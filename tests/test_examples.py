@@ -24,11 +24,13 @@ from types import ModuleType
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection
 
 from tests.clients import SSEClient, receive, websocket
 from tests.conftest import RedisServer, Wspush, wait_until
+from tests.jwts import SECRET
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).parent.parent
@@ -189,3 +191,74 @@ async def test_a_celery_task_on_a_real_worker_pushes_its_progress(
                 update["done"] = True
             await assert_both_receive(ws, sse, update)
     example.app.close()
+
+
+# -- short-lived JWTs ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jwt_relay(
+    setup: Setup, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Wspush]:
+    """A relay that takes only JWTs signed with SECRET, for examples given WSPUSH_JWT_SECRET."""
+    relay = Wspush(
+        tmp_path_factory.mktemp("examples-jwt"),
+        "-redis",
+        redis_server.address,
+        "--jwt-secret",
+        SECRET,
+        "-prefix",
+        PREFIX,
+    ).start()
+    yield relay
+    with contextlib.suppress(Exception):
+        relay.stop()
+
+
+def assert_short_lived_jwt_for(token: str, sub: str) -> None:
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == sub
+    assert claims["exp"] - claims["iat"] == 600
+
+
+async def test_with_a_jwt_secret_each_example_hands_a_page_a_short_lived_jwt(
+    setup: Setup, jwt_relay: Wspush, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WSPUSH_JWT_SECRET", SECRET)
+    # Both relays of this module subscribe to the prefix: publishing reaches 2.
+    flask_client = setup.example("flask_app").create_app().test_client()
+    setup.example("django_app")
+    import django
+    from django.test import Client, override_settings
+
+    django.setup()
+    fastapi_app = setup.example("fastapi_app").app
+    transport = httpx.ASGITransport(app=fastapi_app)
+    async with (
+        fastapi_app.router.lifespan_context(fastapi_app),
+        httpx.AsyncClient(transport=transport, base_url="http://app") as fastapi_client,
+    ):
+        with override_settings(WSPUSH_JWT_SECRET=SECRET):
+            django_client = Client()
+            token = django_client.get("/push-token/3").json()["token"]
+            assert_short_lived_jwt_for(token, "user:3")
+            async with listeners(jwt_relay, token) as (ws, sse):
+                response = django_client.post(
+                    "/users/3/notify", data={"via": "django"}, content_type="application/json"
+                )
+                assert response.json() == {"relays": 2}
+                await assert_both_receive(ws, sse, {"via": "django"})
+
+        token = flask_client.get("/push-token/4").get_json()["token"]
+        assert_short_lived_jwt_for(token, "user:4")
+        async with listeners(jwt_relay, token) as (ws, sse):
+            response = flask_client.post("/users/4/notify", json={"via": "flask"})
+            assert response.get_json() == {"relays": 2}
+            await assert_both_receive(ws, sse, {"via": "flask"})
+
+        token = (await fastapi_client.get("/push-token/5")).json()["token"]
+        assert_short_lived_jwt_for(token, "user:5")
+        async with listeners(jwt_relay, token) as (ws, sse):
+            response = await fastapi_client.post("/users/5/notify", json={"via": "fastapi"})
+            assert response.json() == {"relays": 2}
+            await assert_both_receive(ws, sse, {"via": "fastapi"})

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import pickle
+import subprocess
+import sys
+from pathlib import Path
 
-from wspush.settings import Settings, SettingsError, env_name, fields
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from tests.jwts import KeyPair, write_public_key
+from wspush.settings import Settings, SettingsError, env_name, fields, option_name
 
 
 def test_defaults_match_the_go_program() -> None:
@@ -121,3 +129,119 @@ def test_describe_redacts_secrets() -> None:
     shown = Settings(hmac="c2VjcmV0", redis="redis://u:hunter2@h:1").describe()
     assert shown["hmac"] == "<redacted>"
     assert "hunter2" not in str(shown)
+
+
+# -- JWT keys ------------------------------------------------------------------------------
+
+
+def test_jwt_secrets_are_split_for_rotation_and_their_length_sets_the_algorithms() -> None:
+    keys = Settings(jwt_secret=f"{'a' * 32}, {'b' * 48},{'c' * 64}").jwt_keys
+    assert [key.key for key in keys] == [b"a" * 32, b"b" * 48, b"c" * 64]
+    assert [key.algorithms for key in keys] == [
+        ("HS256",),
+        ("HS256", "HS384"),
+        ("HS256", "HS384", "HS512"),
+    ]
+    assert "a" * 32 not in repr(keys)
+    assert Settings(jwt_secret="a" * 32).describe()["jwt_secret"] == "<redacted>"
+
+
+def test_jwt_public_keys_get_the_algorithm_of_their_kind(key_pairs: dict[str, KeyPair]) -> None:
+    paths = ",".join(str(pair.path) for pair in key_pairs.values())
+    keys = Settings(jwt_public_key=paths).jwt_keys
+    assert [key.algorithms for key in keys] == [("RS256",), ("ES256",), ("EdDSA",)]
+
+
+def test_one_pem_file_may_hold_several_keys(key_pairs: dict[str, KeyPair], tmp_path: Path) -> None:
+    both = tmp_path / "both.pem"
+    both.write_bytes(key_pairs["RS256"].public_pem + key_pairs["EdDSA"].public_pem)
+    keys = Settings(jwt_public_key=str(both)).jwt_keys
+    assert [key.algorithms for key in keys] == [("RS256",), ("EdDSA",)]
+
+
+def test_settings_with_jwt_keys_survive_pickling_into_worker_processes(
+    key_pairs: dict[str, KeyPair],
+) -> None:
+    paths = ",".join(str(pair.path) for pair in key_pairs.values())
+    settings = Settings(jwt_secret="a" * 40, jwt_public_key=paths)
+    copy = pickle.loads(pickle.dumps(settings))
+    assert [key.algorithms for key in copy.jwt_keys] == [
+        key.algorithms for key in settings.jwt_keys
+    ]
+    assert copy.jwt_keys[0].key == b"a" * 40
+    assert copy.jwt_keys[1].key.public_numbers() == settings.jwt_keys[1].key.public_numbers()
+
+
+def pem_file(tmp_path: Path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def bad_jwt_settings(tmp_path: Path) -> list[tuple[dict[str, str], str, str]]:
+    """(settings, setting named, what the message says) for each bad JWT key."""
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    small_rsa = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    private = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return [
+        ({"jwt_secret": "too short"}, "--jwt-secret", "at least 32"),
+        ({"jwt_secret": "a" * 40 + ",,"}, "--jwt-secret", "secret 2 has 0 bytes"),
+        ({"jwt_secret": "-----BEGIN PUBLIC KEY-----" + "x" * 40}, "--jwt-secret", "PEM"),
+        ({"jwt_public_key": str(tmp_path / "missing.pem")}, "--jwt-public-key", "cannot read"),
+        (
+            {"jwt_public_key": pem_file(tmp_path, "empty.pem", b"not a key")},
+            "--jwt-public-key",
+            "no PEM block",
+        ),
+        (
+            {"jwt_public_key": pem_file(tmp_path, "garbled.pem", GARBLED_PEM)},
+            "--jwt-public-key",
+            "not a PEM public key",
+        ),
+        (
+            {"jwt_public_key": write_public_key(p384, tmp_path / "p384.pem").as_posix()},
+            "--jwt-public-key",
+            "unsupported",
+        ),
+        (
+            {"jwt_public_key": write_public_key(small_rsa, tmp_path / "rsa1024.pem").as_posix()},
+            "--jwt-public-key",
+            "at least 2048",
+        ),
+        (
+            {"jwt_public_key": pem_file(tmp_path, "private.pem", private)},
+            "--jwt-public-key",
+            "private key",
+        ),
+        ({"jwt_audience": "wspush"}, "--jwt-audience", "--jwt-secret or --jwt-public-key"),
+        ({"jwt_secret": "a" * 32, "jwt_leeway": "-1"}, "--jwt-leeway", "0 or more"),
+        ({"jwt_secret": "a" * 32, "jwt_max_age": "soon"}, "--jwt-max-age", "not a float"),
+    ]
+
+
+GARBLED_PEM = b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+
+
+def test_a_bad_jwt_key_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    for overrides, named, says in bad_jwt_settings(tmp_path):
+        with pytest.raises(SettingsError) as refused:
+            Settings.from_env({}, overrides)
+        assert str(refused.value).startswith(f"invalid {named}:"), overrides
+        assert says in str(refused.value), (overrides, str(refused.value))
+
+
+def test_a_bad_jwt_key_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    cases = bad_jwt_settings(tmp_path)
+    # A bad secret, an unreadable PEM, an unsupported key kind, a private key.
+    for overrides, named, _ in (cases[0], cases[3], cases[6], cases[8]):
+        args = [arg for name, value in overrides.items() for arg in (option_name(name), value)]
+        result = subprocess.run(
+            [sys.executable, "-m", "wspush", *args], capture_output=True, text=True, timeout=20
+        )
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+        assert result.stderr.startswith(f"wspush: invalid {named}:"), result.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.clients import SSEClient, receive, websocket
 from tests.conftest import RedisServer, Wspush, free_port, wait_until
+from tests.jwts import KeyPair, signed
 from tests.test_metrics import scrape, value
 from wspush.shared_stats import SNAPSHOT_INTERVAL
 
@@ -131,3 +133,27 @@ async def test_sigterm_stops_every_worker_and_closes_websockets_with_1001(
         assert closed.value.rcvd.code == 1001
     assert await asyncio.to_thread(server.process.wait, 15) == 0
     assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
+
+
+async def test_workers_take_jwts_checked_with_a_public_key_and_expire_them(
+    spawn: Callable[..., Wspush],
+    fresh_redis: RedisServer,
+    key_pairs: dict[str, KeyPair],
+    token: str,
+) -> None:
+    # The settings, keys included, are pickled into each worker process.
+    ec = key_pairs["ES256"]
+    server = spawn(
+        "-redis", fresh_redis.address, "--workers", "2", "--jwt-public-key", str(ec.path),
+        "--jwt-leeway", "0",
+    )  # fmt: skip
+    wait_until(lambda: relay_subscriptions(fresh_redis) == 2, 20, "two subscriptions")
+    jwt = signed({"sub": token, "exp": int(time.time()) + 2}, ec.private, "ES256")
+    async with websocket(server.ws_url(jwt)) as ws:
+        fresh_redis.publish(f"example.{token}", "to a worker")
+        assert await receive(ws) == b"to a worker"
+        with pytest.raises(ConnectionClosed) as closed:
+            await receive(ws, timeout=4)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "token expired")
+    assert server.stop() == 0  # SIGTERM: the workers stop with the supervisor

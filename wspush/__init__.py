@@ -1,6 +1,7 @@
 """wspush: relay Redis pub/sub messages to WebSocket and Server-Sent Events clients."""
 
 from wspush.factory import create_app
+from wspush.jwt_tokens import sign_jwt
 from wspush.publish import apublish, publish
 from wspush.settings import Settings, SettingsError
 from wspush.tokens import sign as sign_token
@@ -13,5 +14,6 @@ __all__ = [
     "apublish",
     "create_app",
     "publish",
+    "sign_jwt",
     "sign_token",
 ]

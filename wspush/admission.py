@@ -1,17 +1,19 @@
 """Who may open a stream: the one place every connection is admitted or refused.
 
 Request head size (`--max-request-head`), origin (`--ws-origins`, WebSocket only),
-token, the hub's limits, and the counting of it all happen in `Admission.admit`,
-whichever path the connection takes: the engine's task-free openers and the ASGI
-endpoints both call it. A verdict is kept in the scope, so a connection the engine
-declines to open without a task, and then hands to the ASGI endpoint, is still
-admitted, counted (`sessions_seen`, the refusal's counter) and logged exactly once.
+token (plain, HMAC or JWT, with a JWT's expiry: `wspush.access`), the hub's limits, and
+the counting of it all happen in `Admission.admit`, whichever path the connection takes:
+the engine's task-free openers and the ASGI endpoints both call it. A verdict is kept in
+the scope, so a connection the engine declines to open without a task, and then hands
+to the ASGI endpoint, is still admitted, counted (`sessions_seen`, the refusal's
+counter) and logged exactly once.
 """
 
 from __future__ import annotations
 
 from starlette.types import Scope
 
+from wspush.access import Access, Grant
 from wspush.contract import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,
@@ -19,10 +21,11 @@ from wspush.contract import (
     HEAD_LIMITED,
 )
 from wspush.hub import AtCapacity, Draining, Hub, PeerFull, Subscription, TokenFull, Transport
+from wspush.jwt_tokens import TOKEN_EXPIRED
 from wspush.logs import RefusalLog
 from wspush.settings import Settings
 from wspush.stats import Stats
-from wspush.tokens import TokenError, authorize
+from wspush.tokens import TokenError
 
 # Where a connection's refusal is kept in its scope, once decided.
 REFUSAL = "wspush.refusal"
@@ -54,6 +57,7 @@ class Admission:
 
     def __init__(self, settings: Settings, hub: Hub, stats: Stats, log: RefusalLog) -> None:
         self.settings = settings
+        self.access = Access(settings)
         self.hub = hub
         self.stats = stats
         self.log = log
@@ -69,7 +73,7 @@ class Admission:
             self._check_request_head(scope)
             if transport is Transport.WEBSOCKET:
                 self._check_origin(scope)
-            token = self._authorize(scope)
+            grant = self._authorize(scope)
             if transport is Transport.SSE and not is_sse_request(scope):
                 raise Refusal(
                     426,
@@ -77,7 +81,7 @@ class Admission:
                     "this path serves WebSocket; use /sse for Server-Sent Events",
                     "refused_not_websocket",
                 )
-            return self._subscribe(token, transport, scope)
+            return self._subscribe(grant, transport, scope)
         except Refusal as refusal:
             self._count(refusal, scope)
             scope[REFUSAL] = refusal
@@ -111,16 +115,19 @@ class Admission:
         if origin not in allowed:
             raise Refusal(403, CLOSE_POLICY_VIOLATION, "origin not allowed", "refused_origin")
 
-    def _authorize(self, scope: Scope) -> bytes:
+    def _authorize(self, scope: Scope) -> Grant:
         try:
-            return authorize(scope["query_string"], self.settings.keys, self.settings.hmac_digest)
+            return self.access.grant(scope["query_string"])
         except TokenError as exc:
-            raise Refusal(400, CLOSE_POLICY_VIOLATION, str(exc), "refused_bad_token") from None
+            reason = str(exc)
+            counter = "refused_token_expired" if reason == TOKEN_EXPIRED else "refused_bad_token"
+            raise Refusal(400, CLOSE_POLICY_VIOLATION, reason, counter) from None
 
-    def _subscribe(self, token: bytes, transport: Transport, scope: Scope) -> Subscription:
+    def _subscribe(self, grant: Grant, transport: Transport, scope: Scope) -> Subscription:
         client = scope.get("client")
+        peer = client[0] if client else ""
         try:
-            return self.hub.subscribe(token, transport, client[0] if client else "")
+            return self.hub.subscribe(grant.route, transport, peer, grant.expires)
         except TokenFull:
             raise Refusal(
                 429,
@@ -155,6 +162,7 @@ class Admission:
             client[0] if client else "?",
             refusal.status,
             refusal.reason,
+            detail=refusal.reason,  # a line for each reason: a bad key is not a bad clock
         )
 
 

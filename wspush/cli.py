@@ -1,7 +1,8 @@
 """The `wspush` command: Go wspush's flags, long options and environment.
 
     wspush -addr :8080 -redis localhost:6379 -prefix example.
-    wspush keygen | token PAYLOAD | publish TOKEN MESSAGE | check
+    wspush keygen | token PAYLOAD | token --jwt --sub SUB --ttl SECONDS
+    wspush publish TOKEN MESSAGE | check
 
 Every setting is a `--long-option` and a `WSPUSH_*` variable; the Go program's six
 single-dash flags work as they did. Bad values stop start-up with one line naming the
@@ -44,7 +45,8 @@ EPILOG = (
 
 COMMANDS = {
     "keygen": "print a new random key for --hmac / WSPUSH_KEY",
-    "token": "print a token for PAYLOAD, signed with the configured key",
+    "token": "print a token for PAYLOAD, signed with the configured key; "
+    "--jwt --sub SUB --ttl SECONDS: a JWT signed with the configured --jwt-secret",
     "publish": "PUBLISH MESSAGE to TOKEN's channel on the configured Redis and prefix",
     "check": "check the settings, that Redis answers, and that a message published under "
     "the prefix comes back on a subscription like the relay's",
@@ -93,7 +95,21 @@ def command_parser(command: str) -> argparse.ArgumentParser:
             help="random bytes in the key (default %(default)s)",
         )
     elif command == "token":
-        parser.add_argument("payload", help="what the token stands for, e.g. a user id")
+        parser.add_argument(
+            "payload", nargs="?", help="what the token stands for, e.g. a user id (HMAC)"
+        )
+        parser.add_argument(
+            "--jwt",
+            action="store_true",
+            help="print a JWT signed with the first --jwt-secret instead (HS256)",
+        )
+        parser.add_argument("--sub", help="with --jwt: the route (sub) the JWT opens")
+        parser.add_argument(
+            "--ttl",
+            type=float,
+            default=commands.JWT_TTL,
+            help="with --jwt: seconds until it expires (default %(default)s)",
+        )
     elif command == "publish":
         parser.add_argument("token", help="the token clients connect with")
         parser.add_argument("message", help="the message; - reads it from standard input")
@@ -179,7 +195,11 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if args.command == "keygen":
             print(commands.keygen(args.key_bytes))
+        elif args.command == "token" and args.jwt:
+            print(commands.jwt_token(settings, args.sub or args.payload or "", args.ttl))
         elif args.command == "token":
+            if not args.payload:
+                raise commands.CommandError("give the PAYLOAD to sign (or --jwt --sub SUB)")
             print(commands.token(settings, args.payload))
         elif args.command == "publish":
             message = commands.read_message(args.message)

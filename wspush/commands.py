@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from wspush.jwt_tokens import sign_jwt
 from wspush.publish import apublish
 from wspush.sentinel import redis_from_url
 from wspush.settings import Settings, redact_url
@@ -24,6 +25,7 @@ from wspush.subscriber import pattern_for
 from wspush.tokens import sign
 
 KEY_BYTES = 32
+JWT_TTL = 600.0
 CHECK_TIMEOUT = 5.0
 
 
@@ -37,6 +39,21 @@ def token(settings: Settings, payload: str) -> str:
     if not settings.keys:
         raise CommandError("no key configured: set --hmac or WSPUSH_KEY (see `wspush keygen`)")
     return sign(settings.keys[0], payload.encode(), settings.hmac_digest)
+
+
+def jwt_token(settings: Settings, sub: str, ttl: float) -> str:
+    """A JWT for `sub`, valid `ttl` seconds, signed HS256 with the first --jwt-secret,
+    with the audience and issuer the server checks."""
+    if not settings.jwt_secret:
+        raise CommandError("no JWT secret configured: set --jwt-secret or WSPUSH_JWT_SECRET")
+    if not sub:
+        raise CommandError("give the JWT's route with --sub")
+    if settings.jwt_max_age and ttl > settings.jwt_max_age:
+        raise CommandError(f"--ttl {ttl:g} is longer than --jwt-max-age {settings.jwt_max_age:g}")
+    secret = next(key for key in settings.jwt_keys if key.algorithms[0].startswith("HS"))
+    return sign_jwt(
+        secret.key, sub, ttl, audience=settings.jwt_audience, issuer=settings.jwt_issuer
+    )
 
 
 class CommandError(Exception):

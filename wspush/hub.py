@@ -19,7 +19,15 @@ from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
-from wspush.contract import CLOSE_TOO_SLOW, GOING_AWAY, CloseReason, DirectWriter, Sink
+from wspush.contract import (
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TOO_SLOW,
+    GOING_AWAY,
+    CloseReason,
+    DirectWriter,
+    Sink,
+)
+from wspush.expiry import Entry, ExpiryTimer
 from wspush.lightweight import LightQueue
 from wspush.stats import LatencyHistogram, Stats
 from wspush.wire import (
@@ -37,6 +45,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("wspush.hub")
 
 _UNSET: object = object()
+# The page learns why the stream ended, and fetches a fresh token before reconnecting
+# (EventSource would retry with the expired one). An event needs data to be dispatched.
+EXPIRED = CloseReason(
+    CLOSE_POLICY_VIOLATION, "token expired", b"event: wspush-expired\ndata: token expired\n\n"
+)
 
 
 class Transport(StrEnum):
@@ -174,9 +187,10 @@ class Subscription:
     __slots__ = (
         "batch",
         "busy",
-        "closing",
+        "close_reason",
         "dropped",
         "encode",
+        "expiry",
         "max_drops",
         "peer",
         "pending",
@@ -199,7 +213,8 @@ class Subscription:
         self.stats = stats
         self.queue: LightQueue[Message | None] = LightQueue(queue_size)
         self.dropped = 0
-        self.closing: CloseReason | None = None  # why the relay closes it, once it does
+        self.close_reason: CloseReason | None = None  # why the relay closes it, once it does
+        self.expiry: Entry | None = None  # the hub's timer entry, while a token expiry is due
         self.sink: Sink | None = None
         self.writer: DirectWriter | None = None  # the sink's, for the hot path
         self.encode: Encoder | None = None
@@ -207,6 +222,11 @@ class Subscription:
         self.busy = False  # the drain holds messages taken from the queue
         self.peer = ""  # the client's address, for the per-address limit
         self.max_drops = 0  # disconnect after this many drops (0: never)
+
+    @property
+    def closing(self) -> bool:
+        """The relay has asked this connection to close."""
+        return self.close_reason is not None
 
     def attach(self, sink: Sink, encode: Encoder) -> None:
         """The connection is ready for messages: `encode` gives its bytes for each, and
@@ -281,7 +301,7 @@ class Subscription:
                     for arrival in arrivals:
                         latency.observe(now - arrival)
                 if end:
-                    await sink.end(self.closing or GOING_AWAY)
+                    await sink.end(self.close_reason or GOING_AWAY)
                     return
             self.busy = False
         except OSError:
@@ -304,9 +324,9 @@ class Subscription:
     def close(self, reason: CloseReason = GOING_AWAY) -> None:
         """Ask the drain to end the stream, saying `reason` (the first one given), making
         room in a full queue if needed."""
-        if self.closing is not None:
+        if self.close_reason is not None:
             return
-        self.closing = reason
+        self.close_reason = reason
         if self.queue.full():
             self.queue.get_nowait()
         self.queue.put_nowait(None)
@@ -408,6 +428,7 @@ class Hub:
         self._by_token: dict[bytes, list[Subscription]] = {}
         # Told of each token's first and last connection (exact subscribe mode).
         self.interest: Interest | None = None
+        self.expiries: ExpiryTimer[Subscription] = ExpiryTimer(self._expired)
 
     def __len__(self) -> int:
         return self.stats.connections_open
@@ -419,8 +440,13 @@ class Hub:
         for subscriptions in list(self._by_token.values()):
             yield from subscriptions
 
-    def subscribe(self, token: bytes, transport: Transport, peer: str = "") -> Subscription:
-        """A place for one connection, or the limit it hits (checked widest first)."""
+    def subscribe(
+        self, token: bytes, transport: Transport, peer: str = "", expires: float | None = None
+    ) -> Subscription:
+        """A place for one connection, or the limit it hits (checked widest first).
+
+        With `expires` (a wall-clock time: the token's), the connection is closed then.
+        """
         if self.draining:
             raise Draining
         if self.max_connections and self.stats.connections_open >= self.max_connections:
@@ -438,7 +464,22 @@ class Hub:
             self.interest.first_client(token)
         self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
         self._count_open(transport, 1)
+        if expires is not None:
+            subscription.expiry = self.expiries.add(expires, subscription)
         return subscription
+
+    def _expired(self, subscription: Subscription) -> None:
+        """A connection's token expired: close it, saying so."""
+        subscription.expiry = None
+        if subscription.closing:
+            return
+        self.stats.expired_clients_disconnected += 1
+        logger.debug(
+            "closing a %s client of token %r: its token expired",
+            subscription.transport.value,
+            subscription.token,
+        )
+        subscription.close(EXPIRED)
 
     def _count_open(self, transport: Transport, change: int) -> None:
         self.stats.connections_open += change
@@ -454,6 +495,9 @@ class Hub:
             return
         subscriptions.remove(subscription)
         subscription.detach()
+        if subscription.expiry is not None:
+            self.expiries.forget(subscription.expiry)
+            subscription.expiry = None
         self._count_open(subscription.transport, -1)
         remaining = self._by_peer.pop(subscription.peer) - 1
         if remaining:
@@ -513,6 +557,7 @@ class Hub:
     def close_all(self) -> None:
         """Stop taking connections and ask every open one to close."""
         self.draining = True
+        self.expiries.close()
         if not self._by_token:
             self.drained.set()
         for subscription in self.subscriptions():

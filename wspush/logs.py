@@ -115,14 +115,18 @@ class RefusalLog:
         self._last: dict[str, float] = {}  # reason -> when its last line was written
         self._hidden: dict[str, int] = {}  # reason -> refusals not logged since
 
-    def refused(self, reason: str, message: str, *args: object) -> None:
+    def refused(self, reason: str, message: str, *args: object, detail: str = "") -> None:
+        """Log a refusal for `reason` (the `refusal` field); with a `detail` (one of a
+        fixed set of texts, such as why a token is refused), each detail gets its own
+        line every interval."""
         now = time.monotonic()
-        last = self._last.get(reason)
+        key = f"{reason}: {detail}" if detail else reason
+        last = self._last.get(key)
         if last is not None and now - last < self.interval:
-            self._hidden[reason] = self._hidden.get(reason, 0) + 1
+            self._hidden[key] = self._hidden.get(key, 0) + 1
             return
-        self._last[reason] = now
-        hidden = self._hidden.pop(reason, 0)
+        self._last[key] = now
+        hidden = self._hidden.pop(key, 0)
         if hidden:
             message += " (and %d more refused for this reason in the last %.0f s)"
             args = (*args, hidden, now - last if last is not None else 0.0)

@@ -35,6 +35,7 @@ REFUSAL_REASONS = (
     "capacity",
     "ip_limit",
     "not_websocket",
+    "token_expired",
     "request_head",
 )
 # Why a delivery did not happen: the `reason` label of wspush_messages_dropped_total.
@@ -130,6 +131,11 @@ class RelayCollector(Collector):
             "slow_clients_disconnected",
             "Clients disconnected after --max-drops lost messages",
             "slow_clients_disconnected",
+        )
+        yield counter(
+            "expired_clients_disconnected",
+            "Connections closed because their token expired",
+            "expired_clients_disconnected",
         )
         yield counter("sent_bytes", "Bytes of messages and heartbeats sent", "bytes_sent")
         yield counter("heartbeats", "Heartbeats sent", "heartbeats_sent")

@@ -15,12 +15,13 @@ import dataclasses
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from dotenv import load_dotenv
 
+from wspush.jwt_keys import VerificationKey, public_keys, secret_keys
 from wspush.sentinel import SentinelURLError, is_sentinel_url, parse_sentinel_url
 
 DEFAULT_REDIS = "localhost:6379"
@@ -128,6 +129,39 @@ class Settings:
         "md5",
         "HMAC of signed tokens: md5 (the Go program's) or sha256",
         choices=HMAC_DIGESTS,
+    )
+    jwt_secret: str = _setting(
+        "",
+        "secret for JWTs signed HS256 (HS384/HS512 with 48/64-byte secrets): when set, "
+        "clients may connect with ?token=<JWT>, routed by its sub; several secrets "
+        "separated by commas all verify (the first signs `wspush token --jwt`), for rotation",
+        secret=True,
+        metavar="SECRET",
+    )
+    jwt_public_key: str = _setting(
+        "",
+        "PEM file of the public key for JWTs signed RS256 (RSA), ES256 (P-256) or EdDSA "
+        "(Ed25519); several files separated by commas all verify, for rotation",
+        metavar="PATH",
+    )
+    jwt_audience: str = _setting(
+        "", "when set, a JWT must carry this audience (aud)", metavar="AUDIENCE"
+    )
+    jwt_issuer: str = _setting("", "when set, a JWT must carry this issuer (iss)", metavar="ISSUER")
+    jwt_leeway: float = _setting(
+        5.0,
+        "seconds of clock skew allowed on a JWT's exp, nbf and iat, on connect and on "
+        "open connections",
+        metavar="SECONDS",
+    )
+    jwt_require_exp: bool = _setting(
+        True,
+        "refuse a JWT without exp (--no-jwt-require-exp lets tokens that never expire in)",
+    )
+    jwt_max_age: float = _setting(
+        0.0,
+        "refuse a JWT whose lifetime, exp - iat, is longer than this (0: no maximum)",
+        metavar="SECONDS",
     )
     ping_interval: float = _setting(45.0, "seconds between heartbeats", metavar="SECONDS")
     max_per_token: int = _setting(
@@ -261,6 +295,7 @@ class Settings:
 
     # Derived once, here, so nothing downstream parses strings again.
     keys: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+    jwt_keys: tuple[VerificationKey, ...] = field(init=False, repr=False, compare=False)
     host: str = field(init=False, repr=False, compare=False)
     port: int = field(init=False, repr=False, compare=False)
     redis_url: str = field(init=False, repr=False, compare=False)
@@ -273,6 +308,10 @@ class Settings:
             "host": host,
             "port": port,
             "keys": tuple(decode_key(k.strip()) for k in self.hmac.split(",")) if self.hmac else (),
+            "jwt_keys": (
+                _parsed("jwt_secret", secret_keys, self.jwt_secret)
+                + _parsed("jwt_public_key", public_keys, self.jwt_public_key)
+            ),
             "redis_url": redis_url("redis", self.redis or DEFAULT_REDIS),
             "allowed_origins": parse_origins(self.cors_origins),
             "allowed_ws_origins": frozenset(
@@ -305,6 +344,14 @@ class Settings:
         )
         _require(self.shutdown_timeout > 0, "shutdown_timeout", "must be greater than 0")
         _require(self.workers >= 1, "workers", "must be at least 1")
+        _require(self.jwt_leeway >= 0, "jwt_leeway", "must be 0 or more")
+        _require(self.jwt_max_age >= 0, "jwt_max_age", "must be 0 or more")
+        for name in ("jwt_audience", "jwt_issuer", "jwt_max_age"):
+            _require(
+                not getattr(self, name) or bool(self.jwt_keys),
+                name,
+                "applies to JWTs: set --jwt-secret or --jwt-public-key too",
+            )
         for setting in fields():
             choices = setting.metadata["choices"]
             value = getattr(self, setting.name)
@@ -313,6 +360,11 @@ class Settings:
                 setting.name,
                 f"{value!r} is not one of {', '.join(choices)}",
             )
+
+    @property
+    def jwt_configured(self) -> bool:
+        """True when clients may connect with JWTs."""
+        return bool(self.jwt_keys)
 
     @property
     def redis_configured(self) -> bool:
@@ -363,6 +415,18 @@ def load_env_file(path: str = ".env") -> None:
 def fields() -> tuple[dataclasses.Field[Any], ...]:
     """The user-facing settings, in documentation order."""
     return tuple(f for f in dataclasses.fields(Settings) if f.init)
+
+
+def _parsed(
+    name: str, parse: Callable[[str], tuple[VerificationKey, ...]], value: str
+) -> tuple[VerificationKey, ...]:
+    """Keys from a setting's value (none when it is empty); a bad one names the setting."""
+    if not value:
+        return ()
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise SettingsError(name, str(exc)) from None
 
 
 def _require(condition: bool, name: str, message: str) -> None:

@@ -47,11 +47,13 @@ class Stats:
     refused_capacity: int = 0
     refused_ip_limit: int = 0
     refused_not_websocket: int = 0
+    refused_token_expired: int = 0
     refused_request_head: int = 0  # request heads over --max-request-head (431)
     dropped_queue_full: int = 0  # deliveries dropped because a client's buffer was full
     dropped_flood: int = 0  # deliveries shed while the relay was behind Redis
     dropped_too_large: int = 0  # messages over --max-message-size, sent to nobody
     slow_clients_disconnected: int = 0  # connections cut after --max-drops drops
+    expired_clients_disconnected: int = 0  # connections closed when their token expired
     skipped_invalid_utf8: int = 0  # deliveries skipped: SSE/text needs UTF-8
     skipped_empty: int = 0  # SSE deliveries skipped: an empty message has no SSE form
     heartbeats_sent: int = 0

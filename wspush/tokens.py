@@ -58,6 +58,11 @@ def authorize(query_string: bytes, keys: Sequence[bytes] = (), digest: str = "md
     token = token_from_query(query_string)
     if not token:
         raise TokenError("missing token")
+    return check(token, keys, digest)
+
+
+def check(token: bytes, keys: Sequence[bytes] = (), digest: str = "md5") -> bytes:
+    """A plain or (with keys) HMAC-signed token as its own route, or TokenError."""
     if len(token) > MAX_TOKEN_BYTES:
         raise TokenError(f"token longer than {MAX_TOKEN_BYTES} bytes")
     if keys and not verify(token, keys, digest):
