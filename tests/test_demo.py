@@ -87,11 +87,8 @@ async def test_demo_page_settings_are_escaped_into_one_attribute() -> None:
         "pingInterval": 45.0,
         "wsFrame": "text",
         "signed": False,
-<<<<<<< HEAD
         "history": False,
-=======
         "jwt": False,
->>>>>>> main
     }
 
 

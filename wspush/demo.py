@@ -57,11 +57,8 @@ class DemoPage:
             "pingInterval": settings.ping_interval,
             "wsFrame": settings.ws_frame,
             "signed": bool(settings.keys),
-<<<<<<< HEAD
             "history": settings.history_size > 0,
-=======
             "jwt": settings.jwt_configured,
->>>>>>> main
         }
         self.body = template.replace(CONFIG_PLACEHOLDER, html.escape(json.dumps(config)))
         self.headers = {

@@ -356,10 +356,8 @@ class Settings:
         )
         _require(self.shutdown_timeout > 0, "shutdown_timeout", "must be greater than 0")
         _require(self.workers >= 1, "workers", "must be at least 1")
-<<<<<<< HEAD
         _require(self.history_size >= 0, "history_size", "must be 0 or more")
         _require(self.history_ttl >= 1, "history_ttl", "must be at least 1")
-=======
         _require(self.jwt_leeway >= 0, "jwt_leeway", "must be 0 or more")
         _require(self.jwt_max_age >= 0, "jwt_max_age", "must be 0 or more")
         for name in ("jwt_audience", "jwt_issuer", "jwt_max_age"):
@@ -368,7 +366,6 @@ class Settings:
                 name,
                 "applies to JWTs: set --jwt-secret or --jwt-public-key too",
             )
->>>>>>> main
         for setting in fields():
             choices = setting.metadata["choices"]
             value = getattr(self, setting.name)
