@@ -144,7 +144,7 @@ async def test_a_position_that_cannot_resume_is_a_reset_not_a_refusal(
     current = ids[-1]
     position = {
         "too old": ids[0],
-        "garbage": "not-an-id\u00e9",
+        "garbage": "not-an-id!~{}",
         "future": "99999999999999-0." + ids[0].split(".", 1)[1],
         "another token": publish(fresh_redis, token + "-other", "x"),
         "expired history": ids[-1],

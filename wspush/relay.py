@@ -13,14 +13,21 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from wspush.cluster import ClusterSubscriber
 from wspush.engine.exit import server_exiting
 from wspush.expvar import ExpvarServer
+from wspush.history import HistoryReader, load_function
 from wspush.hub import Hub
 from wspush.interest import Interest
 from wspush.logs import log_settings
 from wspush.metrics import Snapshot, metrics_registry
+from wspush.resume import Resumer
+from wspush.sentinel import redis_from_url
 from wspush.settings import Settings
 from wspush.shared_stats import SharedStats
 from wspush.stats import Stats
@@ -52,6 +59,15 @@ class Relay:
             max_drops=settings.max_drops,
         )
         self.subscriber = self._subscriber()
+        if settings.history_size > 0:
+            reader = HistoryReader(history_client(settings))
+            self.hub.resumer = Resumer(
+                reader,
+                settings.prefix_bytes,
+                self.stats,
+                hold=settings.queue_size,
+                wait_subscribed=self.subscriber.wait_subscribed,
+            )
         self.shared_stats: SharedStats | None = None
         self.expvar_socket: socket.socket | None = None
         self.metrics = metrics_registry(self.metrics_snapshot)
@@ -122,6 +138,8 @@ class Relay:
             )
             await expvar.start()
         log_settings(settings)
+        if self.hub.resumer is not None:
+            await self._load_history_function()
         try:
             if self.shared_stats is None:
                 yield
@@ -135,7 +153,26 @@ class Relay:
             await asyncio.gather(*tasks, return_exceptions=True)
             if expvar is not None:
                 await expvar.stop()
+            if self.hub.resumer is not None:
+                await self.hub.resumer.close()
+                await self.hub.resumer.reader.client.aclose()
             logger.info("wspush stopped")
+
+    async def _load_history_function(self) -> None:
+        """Load the publish Function (every primary of a cluster), so that publishers in
+        any language can FCALL it; wspush's own helpers load it themselves when missing."""
+        client = self.hub.resumer.reader.client  # type: ignore[union-attr]
+        try:
+            async with asyncio.timeout(5):
+                loaded = await load_function(client)
+            size = self.settings.history_size
+            logger.info("history: %d messages per token, loaded %s", size, loaded)
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "history: could not load the publish function yet (%s); wspush's publish "
+                "helpers load it themselves, other publishers need it loaded (see README)",
+                exc or type(exc).__name__,
+            )
 
     def gauges(self) -> dict[str, int]:
         """Values read when asked (for /debug/vars), to check that nothing leaks."""
@@ -163,3 +200,15 @@ class Relay:
         """
         await server_exiting()
         await self.drain(self.settings.shutdown_timeout)
+
+
+def history_client(settings: Settings) -> aioredis.Redis:
+    """A client for history reads: the subscription's Redis (a Sentinel's primary, or a
+    cluster, whose nodes it finds by itself)."""
+    if settings.redis_cluster:
+        options: dict[str, Any] = {}
+        if settings.redis_url.startswith("rediss:") and not settings.redis_tls_verify:
+            options["ssl_cert_reqs"] = "none"
+        cluster: Any = aioredis.RedisCluster.from_url(settings.redis_url, **options)
+        return cluster  # type: ignore[no-any-return]
+    return redis_from_url(settings.redis_url, tls_verify=settings.redis_tls_verify)
