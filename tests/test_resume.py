@@ -5,7 +5,9 @@ duplicate; a position that cannot be resumed is told so with a reset, never a re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -285,3 +287,154 @@ def test_the_history_is_bounded_and_expires(fresh_redis: RedisServer, token: str
         key = history.history_key(f"example.{token}".encode())
         assert client.xlen(key) == SIZE
         assert 0 < client.ttl(key) <= 3600
+
+
+class DelayingProxy:
+    """A TCP proxy in front of Redis, in a thread of its own, that holds up the relay's
+    history reads: each chunk that carries an XREVRANGE waits `before` seconds before
+    Redis gets it (between registering the client and reading history), and the replies
+    on that connection wait `after` seconds before the relay gets them (between reading
+    and going live)."""
+
+    def __init__(self, redis_port: int, before: float, after: float) -> None:
+        self.redis_port = redis_port
+        self.before = before
+        self.after = after
+        self.reads = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> int:
+        self.thread.start()
+        started = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, "127.0.0.1", 0), self.loop
+        )
+        self.server = started.result(timeout=5)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            self.server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self.redis_port
+        )
+        history = asyncio.Event()
+
+        async def up() -> None:
+            while data := await reader.read(65536):
+                if b"XREVRANGE" in data:
+                    self.reads += 1
+                    history.set()
+                    await asyncio.sleep(self.before)
+                upstream_writer.write(data)
+            upstream_writer.close()
+
+        async def down() -> None:
+            while data := await upstream_reader.read(65536):
+                if history.is_set():
+                    await asyncio.sleep(self.after)
+                writer.write(data)
+            writer.close()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(up(), down())
+
+
+async def follow(url: str, position: str, until: int, timeout: float = 20) -> list[dict[str, str]]:
+    """One SSE connection from `position`, until `until` messages arrived."""
+    headers = {"Last-Event-ID": position} if position else {}
+    async with SSEClient(url, headers) as client:
+        return await sse_until(client, until, timeout)
+
+
+async def publish_steadily(server: RedisServer, token: str, count: int, pause: float) -> list[str]:
+    client = redis.asyncio.Redis(port=server.port)
+    channel = f"example.{token}".encode()
+    try:
+        ids = []
+        for n in range(count):
+            ids.append(
+                (
+                    await history.apublish_with_history(client, channel, b"p%d" % n, 1000, 60)
+                ).decode()
+            )
+            await asyncio.sleep(pause)
+        return ids
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(("before", "after"), [(0.3, 0.0), (0.0, 0.3), (0.2, 0.2)])
+async def test_publishes_during_a_slow_history_read_are_neither_lost_nor_doubled(
+    spawn: Callable[..., Wspush], fresh_redis: RedisServer, token: str, before: float, after: float
+) -> None:
+    proxy = DelayingProxy(fresh_redis.port, before, after)
+    with proxy as port:
+        relay = spawn("-redis", f"127.0.0.1:{port}", "--history-size", "1000")
+        start = publish(fresh_redis, token, "start")
+        url = f"{relay.url}/sse?token={token}"
+        publishing = asyncio.create_task(publish_steadily(fresh_redis, token, 60, 0.01))
+        events = await follow(url, start, 60)
+        ids = await publishing
+        assert proxy.reads >= 1
+    assert messages(events) == [f"p{n}" for n in range(60)]
+    assert [e["id"] for e in events] == ids
+
+
+async def test_a_hold_longer_than_the_queue_reads_history_again(
+    spawn: Callable[..., Wspush], fresh_redis: RedisServer, token: str
+) -> None:
+    """More messages arrive during a slow read than a connection holds (--queue-size):
+    the relay keeps at most that many, then reads again; the client still gets all."""
+    proxy = DelayingProxy(fresh_redis.port, 0.5, 0.0)
+    with proxy as port:
+        relay = spawn("-redis", f"127.0.0.1:{port}", "--history-size", "1000", "--queue-size", "5")
+        start = publish(fresh_redis, token, "start")
+        publishing = asyncio.create_task(publish_steadily(fresh_redis, token, 40, 0.005))
+        events = await follow(f"{relay.url}/sse?token={token}", start, 40)
+        await publishing
+        assert proxy.reads >= 2
+    assert messages(events) == [f"p{n}" for n in range(40)]
+
+
+async def test_the_relay_losing_its_subscription_repairs_connected_clients(
+    resumable: Wspush, fresh_redis: RedisServer, token: str
+) -> None:
+    """CLIENT KILL TYPE pubsub while publishing: what was published while the relay
+    resubscribed arrives, in order, before newer messages, with no client reconnect."""
+    async with SSEClient(f"{resumable.url}/sse?token={token}") as client:
+        await client.wait_for(b"\n\n")
+        publishing = asyncio.create_task(publish_steadily(fresh_redis, token, 100, 0.005))
+        await asyncio.sleep(0.15)
+        with fresh_redis.client() as admin:
+            assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 1
+        await publishing
+        events = await sse_until(client, 100, timeout=15)
+    assert messages(events) == [f"p{n}" for n in range(100)]
+    assert "wspush-reset" not in bytes(client.body).decode()
+
+
+async def test_a_connected_client_gets_a_reset_when_redis_comes_back_empty(
+    resumable: Wspush, fresh_redis: RedisServer, token: str
+) -> None:
+    async with SSEClient(f"{resumable.url}/sse?token={token}") as client:
+        await client.wait_for(b"\n\n")
+        publish(fresh_redis, token, "before")
+        await sse_until(client, 1)
+        fresh_redis.kill()
+        fresh_redis.start()
+        resumable.wait_ready(timeout=20)
+        events = await sse_until(client, 2, timeout=10)
+        assert events[-1]["event"] == "wspush-reset"
+        after = publish(fresh_redis, token, "after")
+        events = await sse_until(client, 3)
+    assert events[-1] == {"id": after, "data": "after"}

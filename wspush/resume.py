@@ -98,7 +98,7 @@ class Resumer:
         it the current position when its framing can (`signals`)."""
         subscription.history = self
         subscription.signals = signals
-        self._repair(subscription, claimed if claimed else None, announce=True)
+        self._repair(subscription, claimed or None, announce=not claimed)
 
     def resubscribed(self, subscriptions: list[Subscription]) -> None:
         """The subscription to Redis is new: anything may have been published while it
