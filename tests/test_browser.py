@@ -509,7 +509,14 @@ def test_browser_loses_nothing_across_a_rolling_restart_of_two_instances_behind_
                 relay.start()
                 relay.wait_ready()
         expected = publisher.published
-        wait_js(page, f"streams.every((s) => s.length >= {len(expected)})", timeout=30_000)
+        try:
+            wait_js(page, f"streams.every((s) => s.length >= {len(expected)})", timeout=30_000)
+        except Exception:
+            got = page.evaluate("streams")
+            raise AssertionError(
+                [(len(g), [m for m in expected if m not in g][:5], g[:3]) for g in got]
+                + [relay.log()[-3000:] for relay in relays]
+            ) from None
         time.sleep(0.3)
         assert page.evaluate("streams") == [expected] * 4
     finally:

@@ -42,6 +42,7 @@ from wspush.cors import cors_headers_for
 from wspush.hub import Encoder, Hub, Message, Subscription, Transport
 from wspush.logs import ON_PURPOSE, RefusalLog
 from wspush.metrics import metrics_endpoint
+from wspush.resume import Resumer
 from wspush.settings import Settings
 from wspush.stats import Stats
 from wspush.subscriber import RedisSubscriber
@@ -69,8 +70,10 @@ class Endpoints:
         subscriber: RedisSubscriber,
         stats: Stats,
         metrics: CollectorRegistry,
+        resumer: Resumer | None = None,
     ) -> None:
         self.settings = settings
+        self.resumer = resumer  # with --history-size: resume after reconnect
         self.serve_metrics = metrics_endpoint(metrics)
         self.refusal_log = RefusalLog()
         self.admission = Admission(settings, hub, stats, self.refusal_log)
@@ -190,7 +193,7 @@ class Endpoints:
     def _start_resume(self, subscription: Subscription, scope: Scope, signals: bool) -> None:
         """With history, bring the connection in sequence from the position it claims
         (see `wspush.resume`); `signals`: its framing carries positions and resets."""
-        resumer = self.hub.resumer
+        resumer = self.resumer
         if resumer is not None:
             resumer.start(subscription, claimed_position(scope), signals)
 

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from enum import StrEnum
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from wspush.contract import (
     CLOSE_POLICY_VIOLATION,
@@ -43,7 +43,6 @@ from wspush.wire import (
 
 if TYPE_CHECKING:
     from wspush.interest import Interest
-    from wspush.resume import Resumer
 
 logger = logging.getLogger("wspush.hub")
 
@@ -53,6 +52,17 @@ _UNSET: object = object()
 EXPIRED = CloseReason(
     CLOSE_POLICY_VIOLATION, "token expired", b"event: wspush-expired\ndata: token expired\n\n"
 )
+
+
+class Sequencer(Protocol):
+    """What keeps connections in sequence with their tokens' histories (the hub's view
+    of `wspush.resume.Resumer`)."""
+
+    def in_sequence(self, subscription: Subscription, message: Message) -> bool:
+        """Whether a live message with an id goes to the connection now."""
+
+    def resubscribed(self, subscriptions: list[Subscription]) -> None:
+        """The subscription to Redis is new: repair every connection in sequence."""
 
 
 class Transport(StrEnum):
@@ -282,7 +292,7 @@ class Subscription:
         # generation that was live then; messages held while a repair reads history;
         # replayed messages waiting for the drain; whether the client's framing carries
         # resume signals (SSE, wspush.v1 WebSocket).
-        self.history: Resumer | None = None
+        self.history: Sequencer | None = None
         self.position: bytes | None = None
         self.generation = 0
         self.held: list[Message] | None = None
@@ -527,7 +537,7 @@ class Hub:
         self.interest: Interest | None = None
         self.expiries: ExpiryTimer[Subscription] = ExpiryTimer(self._expired)
         # Keeps connections in sequence with their token's history (--history-size).
-        self.resumer: Resumer | None = None
+        self.resumer: Sequencer | None = None
 
     def __len__(self) -> int:
         return self.stats.connections_open

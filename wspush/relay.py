@@ -59,9 +59,10 @@ class Relay:
             max_drops=settings.max_drops,
         )
         self.subscriber = self._subscriber()
+        self.resumer: Resumer | None = None
         if settings.history_size > 0:
             reader = HistoryReader(history_client(settings))
-            self.hub.resumer = Resumer(
+            self.resumer = self.hub.resumer = Resumer(
                 reader,
                 settings.prefix_bytes,
                 self.stats,
@@ -138,8 +139,8 @@ class Relay:
             )
             await expvar.start()
         log_settings(settings)
-        if self.hub.resumer is not None:
-            await self._load_history_function()
+        if self.resumer is not None:
+            await self._load_history_function(self.resumer.reader.client)
         try:
             if self.shared_stats is None:
                 yield
@@ -153,15 +154,14 @@ class Relay:
             await asyncio.gather(*tasks, return_exceptions=True)
             if expvar is not None:
                 await expvar.stop()
-            if self.hub.resumer is not None:
-                await self.hub.resumer.close()
-                await self.hub.resumer.reader.client.aclose()
+            if self.resumer is not None:
+                await self.resumer.close()
+                await self.resumer.reader.client.aclose()
             logger.info("wspush stopped")
 
-    async def _load_history_function(self) -> None:
+    async def _load_history_function(self, client: aioredis.Redis) -> None:
         """Load the publish Function (every primary of a cluster), so that publishers in
         any language can FCALL it; wspush's own helpers load it themselves when missing."""
-        client = self.hub.resumer.reader.client  # type: ignore[union-attr]
         try:
             async with asyncio.timeout(5):
                 loaded = await load_function(client)
