@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
+import wspush
 from tests.clients import SSEClient, receive, websocket
 from tests.conftest import RedisServer, Wspush
 from wspush import history
@@ -438,3 +439,29 @@ async def test_a_connected_client_gets_a_reset_when_redis_comes_back_empty(
         after = publish(fresh_redis, token, "after")
         events = await sse_until(client, 3)
     assert events[-1] == {"id": after, "data": "after"}
+
+
+async def test_a_page_handed_the_current_position_misses_nothing_published_since(
+    resumable: Wspush, fresh_redis: RedisServer, token: str
+) -> None:
+    """The bootstrap gap: the backend reads the position with the state it renders, and
+    the page connects from it; what was published in between still arrives."""
+    publish(fresh_redis, token, "shown in the rendered state")
+    with fresh_redis.client() as client:
+        position = wspush.current_position(client, token)
+        assert wspush.publish(client, token, "in between", history=SIZE) != position
+    url = f"{resumable.url}/sse?token={token}&last_event_id={position}"
+    async with SSEClient(url) as client:
+        events = await sse_until(client, 1)
+    assert messages(events) == ["in between"]
+
+
+def test_publish_with_history_returns_the_id_and_plain_publish_the_receivers(
+    fresh_redis: RedisServer, token: str
+) -> None:
+    with fresh_redis.client() as client:
+        message_id = wspush.publish(client, token, {"n": 1}, history=SIZE)
+        assert isinstance(message_id, str)
+        assert history.Position.parse(message_id) is not None
+        assert wspush.current_position(client, token) == message_id
+        assert wspush.publish(client, token, "plain") == 0

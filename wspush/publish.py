@@ -28,7 +28,13 @@ import json
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from wspush.history import DEFAULT_TTL, apublish_with_history, publish_with_history
+from wspush.history import (
+    DEFAULT_TTL,
+    apublish_with_history,
+    publish_with_history,
+    queue_reads,
+    replay_of,
+)
 
 DEFAULT_PREFIX = "example."
 
@@ -109,3 +115,23 @@ async def apublish(
         return recorded.decode()
     send = client.spublish if sharded else client.publish
     return int(await send(channel, payload))
+
+
+def current_position(client: Any, token: str | bytes, prefix: str | bytes = DEFAULT_PREFIX) -> str:
+    """The id of the token's newest message in history (or of its start, with none):
+    hand it to a page with the state you render, and the page connects with
+    `?last_event_id=<it>` to get everything published after, none of it twice."""
+    channel = channel_for(token, prefix)
+    pipe = client.pipeline(transaction=False)
+    queue_reads(pipe, channel, None)
+    return str(replay_of(channel, False, None, pipe.execute()).current)
+
+
+async def acurrent_position(
+    client: Any, token: str | bytes, prefix: str | bytes = DEFAULT_PREFIX
+) -> str:
+    """`current_position` for a `redis.asyncio` client."""
+    channel = channel_for(token, prefix)
+    pipe = client.pipeline(transaction=False)
+    queue_reads(pipe, channel, None)
+    return str(replay_of(channel, False, None, await pipe.execute()).current)
