@@ -202,12 +202,12 @@ REFUSALS: list[tuple[str, Callable[[dict[str, KeyPair]], str], str]] = [
     (
         "alg none",
         lambda keys: forged({"alg": "none", "typ": "JWT"}, claims(), None),
-        "JWT algorithm not accepted (only HS256, RS256, ES256, EdDSA)",
+        "JWT algorithm not accepted (only HS256, HS384, HS512, RS256, ES256, EdDSA)",
     ),
     (
         "alg None, differently spelt",
         lambda keys: forged({"alg": "None"}, claims(), None),
-        "JWT algorithm not accepted (only HS256, RS256, ES256, EdDSA)",
+        "JWT algorithm not accepted (only HS256, HS384, HS512, RS256, ES256, EdDSA)",
     ),
     (
         "HMAC signed with the RSA public key (algorithm confusion)",
@@ -217,7 +217,7 @@ REFUSALS: list[tuple[str, Callable[[dict[str, KeyPair]], str], str]] = [
     (
         "an algorithm no key has",
         lambda keys: signed(claims(), keys["RS256"].private, "PS256"),
-        "JWT algorithm not accepted (only HS256, RS256, ES256, EdDSA)",
+        "JWT algorithm not accepted (only HS256, HS384, HS512, RS256, ES256, EdDSA)",
     ),
     (
         "longer than the JWT limit",

@@ -1,8 +1,8 @@
 """The keys JWTs are checked with, and the algorithms each kind of key allows.
 
 The algorithms come from the key, never from the token (RFC 8725, section 2.1): a
-secret verifies HS256 (and HS384/HS512 when it is long enough for them), an RSA key
-RS256, a P-256 key ES256, an Ed25519 or Ed448 key EdDSA. So `alg: none` is never
+secret verifies HS256, HS384 and HS512, an RSA key RS256, a P-256 key ES256, an Ed25519
+or Ed448 key EdDSA. So `alg: none` is never
 accepted, and a token signed with HMAC over a public key's bytes (algorithm confusion)
 never meets an HMAC key. Loaded once, by the settings; a bad value is a ValueError whose
 message the settings put after the setting's name.
@@ -10,6 +10,7 @@ message the settings put after the setting's name.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     PublicFormat,
+    load_pem_private_key,
     load_pem_public_key,
 )
 
-# RFC 7518 section 3.2: an HMAC key at least as long as the hash's output.
-HMAC_ALGORITHMS = (("HS256", 32), ("HS384", 48), ("HS512", 64))
-MIN_SECRET_BYTES = HMAC_ALGORITHMS[0][1]
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+# RFC 7518 section 3.2 wants an HMAC key at least as long as the hash's output. Shorter
+# secrets are what many backends have (and what PyJWT accepts with a warning), so they
+# work, with a warning at start-up.
+MIN_SECRET_BYTES = 32
+logger = logging.getLogger("wspush.jwt")
 MIN_RSA_BITS = 2048
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
 
@@ -56,15 +61,20 @@ def secret_keys(value: str) -> tuple[VerificationKey, ...]:
     keys = []
     for number, text in enumerate(value.split(","), 1):
         secret = text.strip().encode()
-        if len(secret) < MIN_SECRET_BYTES:
-            raise ValueError(
-                f"secret {number} has {len(secret)} bytes; HS256 needs at least "
-                f"{MIN_SECRET_BYTES} (try `wspush keygen`)"
-            )
+        if not secret:
+            raise ValueError(f"secret {number} is empty")
         if secret.startswith(b"-----BEGIN"):
             raise ValueError(f"secret {number} is a PEM key; give its file to --jwt-public-key")
-        algorithms = tuple(name for name, size in HMAC_ALGORITHMS if len(secret) >= size)
-        keys.append(VerificationKey(secret, algorithms, f"secret {number}"))
+        if len(secret) < MIN_SECRET_BYTES:
+            logger.warning(
+                "--jwt-secret: secret %d has %d bytes; RFC 7518 wants at least %d for HS256 "
+                "(and 48 for HS384, 64 for HS512): a short secret can be guessed offline "
+                "from one token (`wspush keygen` makes a good one)",
+                number,
+                len(secret),
+                MIN_SECRET_BYTES,
+            )
+        keys.append(VerificationKey(secret, HMAC_ALGORITHMS, f"secret {number}"))
     return tuple(keys)
 
 
@@ -88,11 +98,17 @@ def public_keys(value: str) -> tuple[VerificationKey, ...]:
 
 def public_key(pem: bytes, name: str) -> VerificationKey:
     """One PEM block as a key of a supported kind, or ValueError saying what it is."""
-    if b"PRIVATE KEY" in pem.split(b"\n", 1)[0]:
-        raise ValueError(f"{name} is a private key; the relay needs only the public key")
     try:
-        key = load_pem_public_key(pem)
-    except ValueError as exc:
+        if b"PRIVATE KEY" in pem.split(b"\n", 1)[0]:
+            key = load_pem_private_key(pem, password=None).public_key()
+            logger.warning(
+                "--jwt-public-key: %s is a private key; wspush uses only its public half. "
+                "Give the relay the public key alone, so it cannot sign tokens",
+                name,
+            )
+        else:
+            key = load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
         raise ValueError(f"{name} is not a PEM public key: {exc}") from None
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
