@@ -1,6 +1,9 @@
 """Real parts for every test: a redis-server of the suite's own on a free port, wspush
-run as the real `python -m wspush` process under uvicorn (or as a stock `uvicorn
-wspush.app:app`, for behaviour that must hold on both), and real clients over TCP."""
+run as the real `python -m wspush` process under uvicorn, and real clients over TCP.
+
+Modules marked `both_servers` run each test that starts a relay twice: on wspush's own
+command (its engine) and on a stock `python -m uvicorn wspush.app:app` (plain ASGI,
+uvicorn's own protocols), with the same settings given as `WSPUSH_*` variables."""
 
 from __future__ import annotations
 
@@ -21,11 +24,15 @@ import pytest
 import redis
 
 from tests.jwts import KeyPair, make_key_pairs
+from wspush.cli import build_parser
+from wspush.logs import uvicorn_log_level
+from wspush.serving import UVICORN_GRACE
+from wspush.settings import Settings, env_name, fields
 
 STARTUP_TIMEOUT = 15.0
-# How a relay is run: the `wspush` command (wspush's own uvicorn protocols), and a stock
+# How a relay is run: the `wspush` command (wspush's engine), and a stock
 # `uvicorn wspush.app:app` (uvicorn's protocols, plain ASGI).
-ENGINES = ("wspush", "uvicorn")
+SERVERS = ("wspush", "uvicorn")
 
 
 def free_port() -> int:
@@ -120,11 +127,29 @@ class RedisServer:
             return int(client.publish(channel, message))
 
 
-class Wspush:
-    """`python -m wspush` on a free port, with its log kept for assertions."""
+def flag_values(args: list[str]) -> dict[str, str]:
+    """Setting name -> value, of these command-line flags, as `wspush` reads them."""
+    names = {setting.name for setting in fields()}
+    parsed = vars(build_parser().parse_args(args))
+    return {name: str(value) for name, value in parsed.items() if name in names}
 
-    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+
+class Wspush:
+    """A relay on a free port, with its log kept for assertions: `python -m wspush`, or
+    with `server="uvicorn"` a stock `python -m uvicorn wspush.app:app` with the same
+    settings from the environment."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        server: str = "wspush",
+        launcher: tuple[str, ...] = ("-m", "wspush"),
+    ) -> None:
         self.port = free_port()
+        self.server = server
+        self.launcher = launcher  # what follows `python` for the engine's command
         self.args = ["-addr", f"127.0.0.1:{self.port}", *args]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         workdir.mkdir(parents=True, exist_ok=True)
@@ -139,16 +164,38 @@ class Wspush:
     def ws_url(self, token: str, path: str = "/") -> str:
         return f"ws://127.0.0.1:{self.port}{path}?token={token}"
 
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "wspush", *self.args]
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment that run this relay."""
+        if self.server == "wspush":
+            return [sys.executable, *self.launcher, *self.args], self.env
+        flags = flag_values(self.args)
+        env = {**self.env, **{env_name(name): value for name, value in flags.items()}}
+        settings = Settings.from_env(self.env, overrides=flags)
+        # What is uvicorn's to decide under a bare uvicorn (README: "Running under
+        # uvicorn"), decided as `wspush` decides it, and no wspush protocols.
+        command = [sys.executable, "-m", "uvicorn", "wspush.app:app", "--no-access-log"]
+        command.append("--no-server-header")
+        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--ws-ping-interval", str(settings.ping_interval)]
+        command += ["--ws-max-size", str(settings.max_client_message)]
+        command += ["--timeout-graceful-shutdown", str(UVICORN_GRACE)]
+        command += ["--log-level", uvicorn_log_level(settings.log_level)]
+        if not settings.ws_compression:
+            command += ["--ws-per-message-deflate", "false"]
+        if settings.trusted_proxies:
+            command += ["--forwarded-allow-ips", settings.trusted_proxies]
+        else:
+            command.append("--no-proxy-headers")
+        return command, env
 
     def start(self, ready: bool = True) -> Wspush:
+        command, env = self.command()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.command(),
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env=env,
                 cwd=self.workdir,
             )
         wait_until(
@@ -186,41 +233,30 @@ class Wspush:
 
 
 class StockUvicorn(Wspush):
-    """`uvicorn wspush.app:app` with uvicorn's own protocols; settings come from WSPUSH_*
-    variables only (uvicorn's command line has no place for wspush's)."""
+    """`uvicorn wspush.app:app` as a bare deployment runs it: stock uvicorn protocols,
+    configured by the environment alone."""
 
-    def command(self) -> list[str]:
-        return [
-            *(sys.executable, "-m", "uvicorn", "wspush.app:app"),
-            *("--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"),
-        ]
-
-
-@pytest.fixture
-def spawn_on(tmp_path: Path) -> Iterator[Callable[..., Wspush]]:
-    """Start a relay as `engine` ("wspush" or "uvicorn", see ENGINES) with settings given
-    as WSPUSH_* variables; stopped after the test."""
-    started: list[Wspush] = []
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("WSPUSH_")}
-
-    def start(engine: str, **settings: str) -> Wspush:
-        kind = {"wspush": Wspush, "uvicorn": StockUvicorn}[engine]
-        variables = {f"WSPUSH_{name.upper()}": value for name, value in settings.items()}
-        env = {**clean, "PYTHONUNBUFFERED": "1", **variables}
-        server = kind(tmp_path / engine, env=env)
-        server.env = env
-        started.append(server)
-        return server.start()
-
-    yield start
-    for server in started:
-        with contextlib.suppress(Exception):
-            server.stop(signal.SIGKILL)
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        super().__init__(workdir, server="uvicorn")
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("WSPUSH_")}
+        self.env = {**clean, "PYTHONUNBUFFERED": "1", **env}
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests of `both_servers` modules that start a relay run once on each server."""
+    if "server" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_servers"):
+        metafunc.parametrize("server", SERVERS, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def server(request: pytest.FixtureRequest) -> str:
+    """Which server a relay runs on: `wspush` unless the test is parametrized."""
+    return str(getattr(request, "param", "wspush"))
 
 
 @pytest.fixture(scope="session")
@@ -231,41 +267,68 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session")
-def expvar_port() -> int:
+def expvar_port(server: str) -> int:
+    """The -expvar listener of `relay` (of the server it runs on)."""
     return free_port()
 
 
 @pytest.fixture(scope="session")
 def relay(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory, expvar_port: int
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    expvar_port: int,
+    server: str,
 ) -> Iterator[Wspush]:
-    """One wspush with default settings (plus -expvar) shared by tests that use own tokens."""
-    server = Wspush(
+    """One wspush with default settings (plus -expvar) shared by tests that use own
+    tokens, one per server."""
+    running = Wspush(
         tmp_path_factory.mktemp("relay"),
         "-redis",
         redis_server.address,
         "-expvar",
         f"127.0.0.1:{expvar_port}",
+        server=server,
     ).start()
-    yield server
+    yield running
     with contextlib.suppress(Exception):
-        server.stop()
+        running.stop()
 
 
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Wspush]]:
-    """Start a wspush of the test's own with extra flags; stopped after the test."""
+def spawn(tmp_path: Path, server: str) -> Iterator[Callable[..., Wspush]]:
+    """Start a wspush of the test's own with extra flags (on the test's server); stopped
+    after the test."""
     started: list[Wspush] = []
 
     def start(*args: str, env: dict[str, str] | None = None, ready: bool = True) -> Wspush:
-        server = Wspush(tmp_path, *args, env=env)
-        started.append(server)
-        return server.start(ready=ready)
+        relay = Wspush(tmp_path, *args, env=env, server=server)
+        started.append(relay)
+        return relay.start(ready=ready)
 
     yield start
-    for server in started:
+    for relay in started:
         with contextlib.suppress(Exception):
-            server.stop(signal.SIGKILL)
+            relay.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def spawn_on(tmp_path: Path) -> Iterator[Callable[..., Wspush]]:
+    """Start a relay on `server` (one of SERVERS) with settings given as WSPUSH_*
+    variables only; stopped after the test."""
+    started: list[Wspush] = []
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WSPUSH_")}
+
+    def start(server: str, **settings: str) -> Wspush:
+        variables = {f"WSPUSH_{name.upper()}": value for name, value in settings.items()}
+        relay = Wspush(tmp_path / server, server=server)
+        relay.env = {**clean, "PYTHONUNBUFFERED": "1", **variables}  # the environment alone
+        started.append(relay)
+        return relay.start()
+
+    yield start
+    for relay in started:
+        with contextlib.suppress(Exception):
+            relay.stop(signal.SIGKILL)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from tests.clients import RawWebSocket
 from tests.conftest import RedisServer, Wspush, free_port, wait_until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_servers]
 
 CONCURRENCY = 50
 

@@ -92,37 +92,44 @@ async def test_go_flag_forms_and_long_options_are_equivalent(
         server.stop()
 
 
+@pytest.mark.both_servers
 async def test_sigterm_closes_clients_cleanly_and_exits_within_5_seconds(
-    spawn: Callable[..., Wspush], fresh_redis: RedisServer, token: str
+    spawn: Callable[..., Wspush], fresh_redis: RedisServer, token: str, server: str
 ) -> None:
-    server = spawn("-redis", fresh_redis.address)
+    # A bare uvicorn closes WebSockets itself (1012, service restart) before the relay
+    # has seen the signal, and dies of the signal it re-raises once done (README:
+    # "Running under uvicorn"); wspush drains first (1001) and exits 0.
+    codes = {1001} if server == "wspush" else {1001, 1012}
+    exit_codes = {0} if server == "wspush" else {0, -signal.SIGTERM}
+    relay = spawn("-redis", fresh_redis.address)
     with fresh_redis.client() as client:
         assert any(c["name"] == "wspush" for c in client.client_list())
     async with (
-        websocket(server.ws_url(token)) as ws1,
-        websocket(server.ws_url(token)) as ws2,
-        SSEClient(f"{server.url}/sse?token={token}") as sse1,
-        SSEClient(f"{server.url}/sse?token={token}") as sse2,
+        websocket(relay.ws_url(token)) as ws1,
+        websocket(relay.ws_url(token)) as ws2,
+        SSEClient(f"{relay.url}/sse?token={token}") as sse1,
+        SSEClient(f"{relay.url}/sse?token={token}") as sse2,
     ):
-        assert server.process is not None
+        assert relay.process is not None
         started = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
+        relay.process.send_signal(signal.SIGTERM)
         for ws in (ws1, ws2):
             with pytest.raises(ConnectionClosed) as closed:
                 await receive(ws)
             assert closed.value.rcvd is not None
-            assert closed.value.rcvd.code == 1001
+            assert closed.value.rcvd.code in codes
         for sse in (sse1, sse2):
             body = await sse.wait_end()
             assert body.startswith(b"retry:")
             assert body.endswith(b"\n\n")
-        exit_code = await asyncio.to_thread(server.process.wait, 10)
+        exit_code = await asyncio.to_thread(relay.process.wait, 10)
         assert time.monotonic() - started < 5
-    assert exit_code == 0
+    assert exit_code in exit_codes
     with fresh_redis.client() as client:
         assert not any(c["name"] == "wspush" for c in client.client_list())
 
 
+@pytest.mark.both_servers
 def test_sigint_stops_it_too(spawn: Callable[..., Wspush], redis_server: RedisServer) -> None:
     server = spawn("-redis", redis_server.address)
     started = time.monotonic()

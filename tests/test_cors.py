@@ -10,7 +10,7 @@ import pytest
 from websockets.typing import Origin
 
 from tests.clients import raw_request, websocket
-from tests.conftest import ENGINES, RedisServer, Wspush
+from tests.conftest import SERVERS, RedisServer, Wspush
 from wspush import sign_token
 
 pytestmark = pytest.mark.anyio
@@ -23,7 +23,7 @@ def signed(payload: str) -> str:
     return sign_token(KEY, payload.encode())
 
 
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(params=SERVERS)
 def guarded(
     request: pytest.FixtureRequest, spawn_on: Callable[..., Wspush], redis_server: RedisServer
 ) -> Wspush:
@@ -74,7 +74,7 @@ async def test_websocket_refusals_for_origin_token_limit_and_capacity_carry_cors
     assert (sse.status, sse.headers["access-control-allow-origin"]) == (503, "*")
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", SERVERS)
 def test_an_allow_list_is_echoed_on_websocket_refusals_too(
     spawn_on: Callable[..., Wspush], redis_server: RedisServer, engine: str
 ) -> None:

@@ -20,7 +20,7 @@ from tests.clients import RawWebSocket, SSEClient, receive, websocket
 from tests.conftest import RedisServer, Wspush, free_port, wait_until
 from wspush import sign_token
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_servers]
 
 MIB = 1024 * 1024
 
@@ -326,6 +326,7 @@ async def test_a_client_that_does_not_read_is_dropped_then_disconnected_not_the_
     counters = stats(expvar)
     assert counters["dropped_queue_full"] >= 20
     assert "does not read" in server.log()
+    assert "ERROR" not in server.log()  # a slow client is not a server error
 
 
 # -- framing -----------------------------------------------------------------------------
@@ -644,8 +645,14 @@ async def test_a_message_over_the_maximum_size_is_dropped_and_counted(
 
 
 async def test_a_burst_of_100k_messages_to_one_token_is_survived(
-    relay: Wspush, redis_server: RedisServer, token: str, expvar_port: int
+    spawn: Callable[..., Wspush], redis_server: RedisServer, token: str, server: str
 ) -> None:
+    expvar_port = free_port()
+    # Over plain ASGI a connection's queue is all that holds a burst (the engine also
+    # writes everything of one Redis read at once): most of it is dropped, and with the
+    # default --max-drops the client would be cut as too slow, which is not the point.
+    no_kick = ["--max-drops", "0"] if server == "uvicorn" else []
+    relay = spawn("-redis", redis_server.address, "-expvar", f"127.0.0.1:{expvar_port}", *no_kick)
     before = stats(expvar_port)
     async with websocket(relay.ws_url(token)) as ws, SSEClient(f"{relay.url}/sse?token={token}"):
         with redis_server.client() as client, client.pipeline(transaction=False) as pipe:

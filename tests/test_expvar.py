@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.clients import SSEClient, raw_request, receive, websocket
-from tests.conftest import ENGINES, RedisServer, Wspush, free_port, status_kb
+from tests.conftest import SERVERS, RedisServer, Wspush, free_port, status_kb
 
 pytestmark = pytest.mark.anyio
 
@@ -21,7 +21,7 @@ def debug_vars(port: int) -> dict[str, Any]:
     return httpx.get(f"http://127.0.0.1:{port}/debug/vars", timeout=5).json()  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", SERVERS)
 async def test_debug_vars_is_gos_document_with_the_counters_under_wspush(
     spawn_on: Callable[..., Wspush], redis_server: RedisServer, token: str, engine: str
 ) -> None:

@@ -33,7 +33,8 @@ from tests.jwts import (
 )
 from wspush import create_app
 from wspush.access import Access
-from wspush.endpoints import Refusal
+from wspush.admission import Refusal
+from wspush.hub import Transport
 from wspush.jwt_tokens import MAX_JWT_BYTES, looks_like_jwt
 from wspush.settings import Settings
 from wspush.tokens import TokenError, sign
@@ -423,20 +424,27 @@ def test_the_verifier_only_ever_grants_or_refuses(token: str) -> None:
 def test_a_refused_request_admitted_twice_checks_its_token_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """wspush's own server admits a refused request twice (without a task, then through
-    ASGI); the costly signature check runs once."""
-    endpoints = create_app(Settings(jwt_secret=SECRET)).endpoints  # type: ignore[attr-defined]
+    """wspush's own server may admit a refused request twice (without a task, then through
+    ASGI, with the same scope); the costly signature check runs once, and the refusal is
+    counted once."""
+    admission = create_app(Settings(jwt_secret=SECRET)).endpoints.admission  # type: ignore[attr-defined]
     checks: list[bytes] = []
-    grant = endpoints.access.grant
+    grant = admission.access.grant
     monkeypatch.setattr(
-        endpoints.access, "grant", lambda query: checks.append(query) or grant(query)
+        admission.access, "grant", lambda query: checks.append(query) or grant(query)
     )
-    scope = {"query_string": b"token=" + signed(claims(), "x" * 40).encode()}
+
+    def scope(token: str) -> dict[str, object]:
+        query = b"token=" + token.encode()
+        return {"type": "http", "path": "/sse", "headers": [], "query_string": query}
+
+    refused = scope(signed(claims(), "x" * 40))
     for _ in range(2):
         with pytest.raises(Refusal, match="JWT signature does not verify"):
-            endpoints._authorize(dict(scope))  # a copy, as with proxy headers
-    other = {"query_string": b"token=" + signed(claims(exp=now() - 60)).encode()}
+            admission.admit(refused, Transport.SSE)
     with pytest.raises(Refusal, match="token expired") as expired:
-        endpoints._authorize(other)
+        admission.admit(scope(signed(claims(exp=now() - 60))), Transport.SSE)
     assert expired.value.counter == "refused_token_expired"
     assert len(checks) == 2
+    assert admission.stats.sessions_seen == 2
+    assert admission.stats.refused_bad_token == 1

@@ -14,7 +14,7 @@ from tests.clients import receive, websocket
 from tests.conftest import RedisServer, Wspush, wait_until
 from wspush.logs import JSONFormatter, RefusalLog
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_servers]
 
 KEY = "c2VjcmV0LWtleS1mb3ItdGVzdHM"
 

@@ -14,7 +14,7 @@ from tests.clients import SSEClient, receive, websocket
 from tests.conftest import RedisServer, Wspush, free_port, wait_until
 from wspush.stats import LATENCY_BUCKETS, LatencyHistogram
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_servers]
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -158,3 +158,37 @@ def test_latency_histogram_takes_a_batch_in_one_observation() -> None:
     assert histogram.counts[LATENCY_BUCKETS.index(0.0025)] == 1
     assert histogram.counts[-1] == 1
     assert histogram.total == pytest.approx(0.003 + 0.002 + 100.0)
+
+
+async def test_every_connection_is_counted_once_whichever_path_answers_it(
+    spawn: Callable[..., Wspush], redis_server: RedisServer, token: str
+) -> None:
+    """One admission: each attempt is one session, each refusal one count, whether the
+    engine's task-free path or the ASGI endpoint answers it."""
+    ok = "https://ok.example"
+    server = spawn(
+        "-redis", redis_server.address, "--max-per-token", "1", "--ws-origins", ok
+    )  # fmt: skip
+    for url, origin in [
+        (server.ws_url(""), ok),  # 400
+        (server.ws_url(token), "https://other.example"),  # 403
+    ]:
+        with pytest.raises(InvalidStatus):
+            async with websocket(url, origin=origin):
+                pass
+    assert httpx.get(f"{server.url}/sse?token=", timeout=5).status_code == 400
+    assert httpx.get(f"{server.url}/?token={token}", timeout=5).status_code == 426
+    async with websocket(server.ws_url(token), origin=ok):
+        with pytest.raises(InvalidStatus):
+            async with websocket(server.ws_url(token), origin=ok):  # 429
+                pass
+        assert httpx.get(f"{server.url}/sse?token={token}", timeout=5).status_code == 429
+        async with SSEClient(f"{server.url}/sse?token=other{token}") as sse:
+            assert sse.status == 200
+            samples = scrape(f"{server.url}/metrics")
+    refused = {
+        reason: value(samples, "wspush_connections_refused_total", reason=reason)
+        for reason in ("bad_token", "origin", "not_websocket", "token_limit")
+    }
+    assert refused == {"bad_token": 2, "origin": 1, "not_websocket": 1, "token_limit": 2}
+    assert value(samples, "wspush_sessions_total") == 8

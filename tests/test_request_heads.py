@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.clients import UPGRADE_HEADERS, raw_request
-from tests.conftest import ENGINES, RedisServer, Wspush, free_port, status_kb
+from tests.conftest import SERVERS, RedisServer, Wspush, free_port, status_kb
 
 pytestmark = pytest.mark.anyio
 
@@ -26,7 +26,7 @@ ONE_MIB_HEADER = b"X-Filler: " + b"a" * MIB + b"\r\n"
 SUBPROTOCOL = b"Sec-WebSocket-Protocol: chat\r\n"  # takes uvicorn's handshake path
 
 
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(params=SERVERS)
 def engine(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -17,7 +17,7 @@ from tests.clients import SSEClient, receive, websocket
 from tests.conftest import RedisServer, Wspush, free_port, wait_until
 from wspush.subscriber import pattern_for
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_servers]
 
 
 def test_the_pattern_matches_the_prefix_literally() -> None:

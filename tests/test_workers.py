@@ -18,7 +18,7 @@ from tests.clients import SSEClient, receive, websocket
 from tests.conftest import RedisServer, Wspush, free_port, wait_until
 from tests.jwts import KeyPair, signed
 from tests.test_metrics import scrape, value
-from wspush.workers import SNAPSHOT_INTERVAL
+from wspush.shared_stats import SNAPSHOT_INTERVAL
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""The `wspush` command: Go wspush's flags, long options, environment, and uvicorn.
+"""The `wspush` command: Go wspush's flags, long options and environment.
 
     wspush -addr :8080 -redis localhost:6379 -prefix example.
     wspush keygen | token PAYLOAD | token --jwt --sub SUB --ttl SECONDS
@@ -6,29 +6,23 @@
 
 Every setting is a `--long-option` and a `WSPUSH_*` variable; the Go program's six
 single-dash flags work as they did. Bad values stop start-up with one line naming the
-setting. The subcommands (see `wspush.commands`) take the same settings.
+setting. The subcommands (see `wspush.commands`) take the same settings; serving is
+`wspush.serving` (one process) or `wspush.workers` (several).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-import uvicorn
-
-from wspush import __version__, commands
-from wspush.embedded import EmbeddedRedis, find_redis_server, redis_answers
-from wspush.factory import create_app
-from wspush.logs import configure_logging, uvicorn_log_level
-from wspush.relay import Relay
+from wspush import commands
+from wspush.embedded import start_embedded_redis
+from wspush.logs import configure_logging
+from wspush.serving import UVICORN_GRACE, serve_one, uvicorn_options
 from wspush.settings import (
-    DEFAULT_REDIS,
     Settings,
     SettingsError,
     env_name,
@@ -36,14 +30,11 @@ from wspush.settings import (
     load_env_file,
     option_name,
 )
+from wspush.version import __version__
 from wspush.workers import serve_workers
 
-logger = logging.getLogger("wspush")
-
 EXIT_USAGE = 2
-# Left for uvicorn's own shutdown after wspush has drained its clients.
-UVICORN_GRACE = 1
-GC_YOUNG_THRESHOLD = 50_000
+__all__ = ["UVICORN_GRACE", "build_parser", "main"]
 
 
 EPILOG = (
@@ -155,11 +146,6 @@ def settings_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_settings(argv: Sequence[str] | None) -> Settings:
-    """Settings from the command line and environment; exits with one line on bad values."""
-    return parse(argv)[0]
-
-
 def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
     """Settings, and the command with its own arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -175,75 +161,6 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
         parser.exit(EXIT_USAGE, f"wspush: {exc}\n")
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn, but on shutdown wspush closes its clients before uvicorn cuts them.
-
-    uvicorn's own shutdown closes WebSockets with 1012 and waits for SSE responses;
-    draining first gives WebSockets 1001 and SSE streams a clean end with a retry hint.
-    """
-
-    def __init__(self, config: uvicorn.Config, relay: Relay) -> None:
-        super().__init__(config)
-        self.relay = relay
-
-    async def shutdown(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
-        for server in getattr(self, "servers", []):
-            server.close()  # stop accepting before draining
-        await self.relay.drain(self.relay.settings.shutdown_timeout)
-        await super().shutdown(sockets)  # type: ignore[arg-type]
-
-
-def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
-    """uvicorn settings that wspush depends on (see README, 'Running under uvicorn')."""
-    return uvicorn.Config(app, **uvicorn_options(settings))  # type: ignore[arg-type]
-
-
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    return dict(
-        host=settings.host,
-        port=settings.port,
-        lifespan="on",
-        log_config=None,  # wspush configures logging
-        log_level=uvicorn_log_level(settings.log_level),
-        access_log=False,
-        # Client addresses (for --max-per-ip and logs) from these proxies' headers only.
-        proxy_headers=bool(settings.trusted_proxies),
-        forwarded_allow_ips=settings.trusted_proxies or None,
-        server_header=False,
-        loop="uvloop",
-        # uvicorn's httptools and websockets-sansio protocols, plus direct writes.
-        http="wspush.protocols:HttpToolsDirectProtocol",
-        ws="wspush.protocols:WebSocketsSansIODirectProtocol",
-        ws_max_size=settings.max_client_message,
-        ws_per_message_deflate=settings.ws_compression,
-        # wspush's own timer sends every heartbeat, Ping frames included, one write each
-        # (uvicorn's keep-alive would cost two timers and a pong parse per connection).
-        ws_ping_interval=None,
-        ws_ping_timeout=None,
-        timeout_graceful_shutdown=UVICORN_GRACE,
-    )
-
-
-def start_embedded_redis(settings: Settings) -> EmbeddedRedis | None:
-    """Start a redis-server when none is configured and none answers at the default."""
-    if settings.redis_configured or not settings.embedded_redis:
-        return None
-    host, port = DEFAULT_REDIS.rsplit(":", 1)
-    if redis_answers(host, int(port)):
-        return None
-    executable = find_redis_server()
-    if executable is None:
-        logger.error(
-            "no Redis configured, none at %s, and no redis-server to embed "
-            "(pip install 'wspush[embedded]' or set --redis); retrying every second",
-            DEFAULT_REDIS,
-        )
-        return None
-    embedded = EmbeddedRedis(executable)
-    embedded.start()
-    return embedded
-
-
 def serve(settings: Settings) -> None:
     # uvicorn re-raises the signal that stopped it once it is done; with these no-op
     # handlers in place that ends here, so cleanup below runs and the exit status is 0.
@@ -251,26 +168,8 @@ def serve(settings: Settings) -> None:
         signal.signal(signum, lambda *_: None)
     if settings.workers > 1:
         serve_workers(settings, uvicorn_options(settings))
-        return
-    app = create_app(settings)
-    tune_garbage_collector()
-    server = DrainingServer(uvicorn_config(settings, app), app.state.relay)
-    server.run()  # on uvloop
-    if not server.started:
-        raise SystemExit(1)
-
-
-def tune_garbage_collector() -> None:
-    """Keep the cyclic GC from rescanning every connection's objects over and over.
-
-    Each connection holds a few hundred small objects; with CPython's default
-    thresholds a full collection runs every few hundred connections and walks them
-    all, which made accepting 10,000 connections take seconds. Start-up objects are
-    frozen out of collections, and collections run a hundredth as often.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 1000)
+    else:
+        serve_one(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,17 +2,18 @@
 does the same, or echoes the request's Origin when an allow-list is set.
 
 `cors_headers_for` makes the one decision, once per app (`Endpoints.cors_headers`);
-everything that writes an answer asks it: this middleware and the app's short path for
-HTTP responses, the WebSocket refusals before an upgrade, and the 431 wspush's HTTP
-protocol writes for a request head it stops reading.
+everything that writes an answer asks it: the app (`RelayApp`, through `CORSSend`) for
+every HTTP response and the heads of streams a server opens for it, the WebSocket
+refusals before an upgrade, and the 431 wspush's HTTP protocol writes for a request
+head it stops reading. (Starlette's CORSMiddleware only answers requests that carry an
+Origin header; wspush's contract is that every response has the header.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message, Scope, Send
 
 CORSDecision = Callable[[Scope], list[tuple[bytes, bytes]]]
 
@@ -36,24 +37,6 @@ def cors_headers_for(allowed: tuple[str, ...]) -> CORSDecision:
         return [vary]
 
     return headers
-
-
-class CORSHeaders:
-    """Put the CORS header on every HTTP response, as the Go program does.
-
-    Starlette's CORSMiddleware only answers requests that carry an Origin header;
-    wspush's contract is that every response has the header.
-    """
-
-    def __init__(self, app: Any, headers_for: CORSDecision) -> None:
-        self.app = app
-        self.headers_for = headers_for
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        await self.app(scope, receive, CORSSend(send, self.headers_for(scope)))
 
 
 class CORSSend:

@@ -5,16 +5,14 @@ suspended for all that time: Starlette's error middleware, the CORS middleware, 
 exception middleware, the router, the route and the request/response wrappers are about
 fifteen frames and closures per connection, and the same chain costs CPU on every
 connect. `RelayApp` sends streams straight to their endpoint and does itself the little
-that chain does for them:
-- every HTTP response gets the CORS header, as through `CORSHeaders` (the endpoints'
-  own decision, `Endpoints.cors_headers`; WebSocket refusals carry it themselves);
-- an exception before the response starts gets Starlette's plain 500, then propagates
-  to the server, as through `ServerErrorMiddleware`.
+that chain does for them: an exception before the response starts gets Starlette's
+plain 500, then propagates to the server, as through `ServerErrorMiddleware`.
 
 Everything else (`/ping`, `/ready`, `/metrics`, `/demo`, lifespan) goes through Starlette
-as usual, and so does
-everything once the app has been given routes, middleware, exception handlers or debug
-mode of someone else's.
+as usual, and so does everything once the app has been given routes, middleware,
+exception handlers or debug mode of someone else's. Either way, every HTTP response gets
+its CORS header here, from the endpoints' one decision (`Endpoints.cors_headers`);
+WebSocket refusals carry it themselves.
 """
 
 from __future__ import annotations
@@ -28,9 +26,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from wspush.contract import DirectWriter, WebSocketWriter
 from wspush.cors import CORSSend
-from wspush.endpoints import DirectSSEResponse, Endpoints, TaskFreeWebSocket
-from wspush.protocols import DirectWriter, WebSocketDirectWriter
+from wspush.endpoints import Endpoints, SSEStream, WebSocketStream
 
 
 def route_path(scope: Scope) -> str:
@@ -79,17 +77,15 @@ class RelayApp(Starlette):
         """The answer to a longer head, which wspush's HTTP protocol stops reading."""
         return self.endpoints.refuse_request_head(scope)
 
-    def open_websocket_now(
-        self, scope: Scope, writer: WebSocketDirectWriter
-    ) -> TaskFreeWebSocket | None:
+    def open_websocket_now(self, scope: Scope, writer: WebSocketWriter) -> WebSocketStream | None:
         """A WebSocket accepted without a task, where the short path would take it (the
-        server's side: `wspush.protocols`); None to be called as usual."""
+        server's side: `wspush.engine`); None to be called as usual."""
         if not self._short_path_allowed() or not route_path(scope).startswith("/"):
             return None
         scope["app"] = self
         return self.endpoints.open_websocket_now(scope, writer)
 
-    def open_sse_now(self, scope: Scope, writer: DirectWriter) -> DirectSSEResponse | None:
+    def open_sse_now(self, scope: Scope, writer: DirectWriter) -> SSEStream | None:
         """An SSE stream opened without a task, where the short path would take it, with
         the CORS header on its head; None to be called as usual."""
         if not self._short_path_allowed():
@@ -105,6 +101,8 @@ class RelayApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        if kind == "http":
+            send = CORSSend(send, self.cors_headers(scope))
         if kind == "lifespan" or not self._short_path_allowed():
             await super().__call__(scope, receive, send)
             return
@@ -116,12 +114,11 @@ class RelayApp(Starlette):
         if kind == "websocket":
             await self.endpoints.websocket(WebSocket(scope, receive, send))
             return
-        send_with_cors = CORSSend(send, self.cors_headers(scope))
         try:
-            response = await self.endpoints.http(Request(scope, receive, send_with_cors))
-            await response(scope, receive, send_with_cors)
+            response = await self.endpoints.http(Request(scope, receive, send))
+            await response(scope, receive, send)
         except Exception:
-            if not send_with_cors.started:
+            if not send.started:  # type: ignore[attr-defined]
                 await PlainTextResponse("Internal Server Error", status_code=500)(
                     scope, receive, send
                 )

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import time
 
+from wspush.settings import DEFAULT_REDIS, Settings
+
 logger = logging.getLogger("wspush.embedded")
 
 HOST = "127.0.0.1"
@@ -95,3 +97,23 @@ class EmbeddedRedis:
             self.process.kill()
             self.process.wait(timeout=5)
         logger.info("embedded redis-server stopped")
+
+
+def start_embedded_redis(settings: Settings) -> EmbeddedRedis | None:
+    """Start a redis-server when none is configured and none answers at the default."""
+    if settings.redis_configured or not settings.embedded_redis:
+        return None
+    host, port = DEFAULT_REDIS.rsplit(":", 1)
+    if redis_answers(host, int(port)):
+        return None
+    executable = find_redis_server()
+    if executable is None:
+        logger.error(
+            "no Redis configured, none at %s, and no redis-server to embed "
+            "(pip install 'wspush[embedded]' or set --redis); retrying every second",
+            DEFAULT_REDIS,
+        )
+        return None
+    embedded = EmbeddedRedis(executable)
+    embedded.start()
+    return embedded

@@ -6,15 +6,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
-from wspush.cors import CORSHeaders
 from wspush.demo import demo_routes
 from wspush.dispatch import RelayApp
 from wspush.endpoints import AnyMethod, Endpoints
-from wspush.handshake import lift_websockets_head_limits
-from wspush.logs import configure_logging
+from wspush.engine.handshake import lift_websockets_head_limits
+from wspush.logs import configure_logging, quiet_unfinished_on_purpose
 from wspush.relay import Relay
 from wspush.settings import Settings, load_env_file
 
@@ -30,6 +28,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """
     if settings is None:
         settings = settings_from_environment()
+    quiet_unfinished_on_purpose()
     relay = Relay(settings)
     lift_websockets_head_limits()  # so every WebSocket head gets the relay's answer
     endpoints = Endpoints(settings, relay.hub, relay.subscriber, relay.stats, relay.metrics)
@@ -50,7 +49,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/{path:path}", AnyMethod(endpoints.http)),
             WebSocketRoute("/{path:path}", endpoints.websocket),
         ],
-        middleware=[Middleware(CORSHeaders, headers_for=endpoints.cors_headers)],
         lifespan=lifespan,
     )
     app.state.relay = relay

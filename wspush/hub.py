@@ -1,5 +1,10 @@
-"""Per-token fan-out: the subscriber hands each message to the hub, the hub to every
-connection's bounded queue, and each endpoint drains its own queue.
+"""Per-token fan-out: the subscriber hands each message to the hub, and the hub to each
+connection of its token.
+
+A message goes straight to a connection's direct writer when it is ready and nothing
+waits before it; otherwise into the connection's bounded queue, which one drain
+(`Subscription.drain`) sends to the connection's `Sink`, whatever the server. Both ways
+count the same things (deliveries, bytes, latency), here and nowhere else.
 
 The hub never waits: a full queue loses the message (counted), so one slow client can
 never delay the Redis reader or the other clients.
@@ -9,17 +14,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
+from wspush.contract import (
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TOO_SLOW,
+    GOING_AWAY,
+    CloseReason,
+    DirectWriter,
+    Sink,
+)
 from wspush.expiry import Entry, ExpiryTimer
 from wspush.lightweight import LightQueue
-from wspush.protocols import DirectWriter
 from wspush.stats import LatencyHistogram, Stats
+from wspush.wire import (
+    OPCODE_BINARY,
+    OPCODE_PING,
+    OPCODE_TEXT,
+    http_chunk,
+    sse_event,
+    websocket_frame,
+)
 
 if TYPE_CHECKING:
     from wspush.interest import Interest
@@ -27,25 +45,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("wspush.hub")
 
 _UNSET: object = object()
-# Close code for a client disconnected for not reading (RFC 6455: policy violation).
-CLOSE_TOO_SLOW = 1008
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY_VIOLATION = 1008
-
-
-@dataclass(frozen=True)
-class CloseReason:
-    """Why the relay closes a connection, in the words of each transport: the WebSocket
-    close code and reason, and the SSE bytes that end the stream (None: the relay's
-    `retry:` hint, with its jitter). Every delivery path ends a connection with the
-    reason its subscription was closed with."""
-
-    code: int
-    reason: str = ""
-    sse: bytes | None = None
-
-
-GOING_AWAY = CloseReason(CLOSE_GOING_AWAY)
 # The page learns why the stream ended, and fetches a fresh token before reconnecting
 # (EventSource would retry with the expired one). An event needs data to be dispatched.
 EXPIRED = CloseReason(
@@ -128,7 +127,7 @@ class Message:
     def sse(self) -> bytes | None:
         """The SSE event bytes, or None when the message has no SSE form."""
         if self._sse is _UNSET:
-            self._sse = encode_sse(self.payload) if self.payload and self.text is not None else None
+            self._sse = sse_event(self.payload) if self.payload and self.text is not None else None
         return self._sse  # type: ignore[return-value]
 
     @property
@@ -136,7 +135,7 @@ class Message:
         """The SSE event framed as one HTTP/1.1 chunk."""
         if self._chunk is _UNSET:
             event = self.sse
-            self._chunk = None if event is None else b"%x\r\n%s\r\n" % (len(event), event)
+            self._chunk = None if event is None else http_chunk(event)
         return self._chunk  # type: ignore[return-value]
 
     @property
@@ -153,41 +152,6 @@ class Message:
             valid = self.text is not None
             self._text_frame = websocket_frame(OPCODE_TEXT, self.payload) if valid else None
         return self._text_frame  # type: ignore[return-value]
-
-
-OPCODE_TEXT = 0x1
-OPCODE_BINARY = 0x2
-OPCODE_PING = 0x9
-
-
-def websocket_frame(opcode: int, payload: bytes) -> bytes:
-    """A final, unmasked frame (RFC 6455 section 5.2)."""
-    length = len(payload)
-    if length < 126:
-        header = bytes((0x80 | opcode, length))
-    elif length < 1 << 16:
-        header = struct.pack("!BBH", 0x80 | opcode, 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 127, length)
-    return header + payload
-
-
-def encode_sse(payload: bytes) -> bytes:
-    """Frame a message as the Go wspush does: one `data:` line per line, then a blank line.
-
-    A line starting with a space gets `data: ` instead of `data:`: EventSource strips one
-    leading space, so Go's form would lose it.
-    """
-    lines = payload.split(b"\n")
-    return (
-        b"".join(
-            [
-                b"data: " + line + b"\n" if line[:1] == b" " else b"data:" + line + b"\n"
-                for line in lines
-            ]
-        )
-        + b"\n"
-    )
 
 
 class TokenFull(Exception):
@@ -210,30 +174,30 @@ Encoder = Callable[[Message], "bytes | None"]
 
 
 class Subscription:
-    """One connection's place in the hub: its token, its bounded queue, and, when the
-    server offers it, a direct writer.
+    """One connection's place in the hub: its token, its bounded queue, and, once the
+    endpoint attaches it, its `Sink`.
 
-    A message is written directly when the connection can take it and nothing is
-    waiting before it; otherwise it waits in the queue, which the endpoint drains, and
-    a message for a full queue is dropped. `None` in the queue tells the endpoint to
-    close. Direct writes are batched: everything a connection gets while the Redis
-    reader works through one read goes out in one write (see `WriteBatch`).
+    A message is written directly when the sink's writer can take it and nothing is
+    waiting before it; otherwise it waits in the queue, which `drain` sends, and a
+    message for a full queue is dropped. `None` in the queue is the relay's close.
+    Direct writes are batched: everything a connection gets while the Redis reader works
+    through one read goes out in one write (see `WriteBatch`).
     """
 
     __slots__ = (
         "batch",
         "busy",
         "close_reason",
-        "closing",
         "dropped",
         "encode",
         "expiry",
         "max_drops",
-        "on_backlog",
         "peer",
         "pending",
         "queue",
+        "sink",
         "stats",
+        "task",
         "token",
         "transport",
         "writer",
@@ -249,35 +213,35 @@ class Subscription:
         self.stats = stats
         self.queue: LightQueue[Message | None] = LightQueue(queue_size)
         self.dropped = 0
-        self.closing = False
-        self.close_reason = GOING_AWAY  # what the endpoint says when it closes
+        self.close_reason: CloseReason | None = None  # why the relay closes it, once it does
         self.expiry: Entry | None = None  # the hub's timer entry, while a token expiry is due
-        self.writer: DirectWriter | None = None
+        self.sink: Sink | None = None
+        self.writer: DirectWriter | None = None  # the sink's, for the hot path
         self.encode: Encoder | None = None
-        self.busy = False  # the endpoint holds messages taken from the queue
-        self.on_backlog: Callable[[], None] | None = None
+        self.task: asyncio.Task[None] | None = None  # the drain, while a backlog waits
+        self.busy = False  # the drain holds messages taken from the queue
         self.peer = ""  # the client's address, for the per-address limit
         self.max_drops = 0  # disconnect after this many drops (0: never)
 
-    def write_directly(
-        self, writer: DirectWriter, encode: Encoder, on_backlog: Callable[[], None] | None = None
-    ) -> None:
-        """From now on, messages may skip the queue and go straight to `writer`.
+    @property
+    def closing(self) -> bool:
+        """The relay has asked this connection to close."""
+        return self.close_reason is not None
 
-        `on_backlog` is called whenever something is queued (a backlog, or the close),
-        for endpoints that only run a sender while there is something to send.
-        """
+    def attach(self, sink: Sink, encode: Encoder) -> None:
+        """The connection is ready for messages: `encode` gives its bytes for each, and
+        `sink` takes them (what waited before it first)."""
         self.encode = encode
-        self.writer = writer
-        self.on_backlog = on_backlog
-        if on_backlog is not None and not self.queue.empty():
-            on_backlog()  # what came before the connection was ready
+        self.sink = sink
+        self.writer = sink.writer
+        if not self.queue.empty():
+            self._start_drain()
 
     def deliver(self, message: Message) -> None:
         """Hand over one message without ever waiting (the hub's hot path)."""
         writer = self.writer
         if writer is not None and not self.busy and writer.ready() and self.queue.empty():
-            data = self._encode(message)
+            data = counted(self.stats, message, self.encode(message))  # type: ignore[misc]
             if data is None:
                 return
             if self.pending is None:
@@ -292,21 +256,56 @@ class Subscription:
                 self.kick()
         else:
             self.queue.put_nowait(message)
-            if self.on_backlog is not None:
-                self.on_backlog()
+            if self.sink is not None:
+                self._start_drain()
 
-    def write(self, message: Message) -> None:
-        """Encode for this connection and write it now (the endpoint's backlog path)."""
-        data = self._encode(message)
-        if data is not None:
-            self.writer.write(data)  # type: ignore[union-attr]
-            self.stats.bytes_sent += len(data)
-            if not message.is_heartbeat:
-                self.batch.latency.observe(time.monotonic() - message.received)
+    def _start_drain(self) -> None:
+        """Make sure one task is draining the queue: a task only while a backlog waits,
+        so an idle connection costs none."""
+        task = self.task
+        if task is None or task.done():
+            self.task = asyncio.get_running_loop().create_task(self.drain())
 
-    def _encode(self, message: Message) -> bytes | None:
-        """This connection's bytes for `message`, counted as delivered or skipped."""
-        return counted(self.stats, message, self.encode(message))  # type: ignore[misc]
+    async def drain(self) -> None:
+        """The one backlog loop: send what waits in the queue, in order, as the client
+        takes it, counting what `deliver` counts for a direct write; on the relay's close
+        (None in the queue), end the stream.
+
+        Everything queued at once goes to the sink in one `send`: one write (or one SSE
+        body chunk) for a backlog, however long.
+        """
+        queue = self.queue
+        sink: Sink = self.sink  # type: ignore[assignment]
+        encode: Encoder = self.encode  # type: ignore[assignment]
+        stats = self.stats
+        try:
+            while not queue.empty():
+                self.busy = True
+                items: list[bytes] = []
+                arrivals: list[float] = []  # when the messages of `items` came from Redis
+                end = False
+                while not queue.empty():
+                    message = queue.get_nowait()
+                    if message is None:
+                        end = True
+                        break
+                    data = counted(stats, message, encode(message))
+                    if data is not None:
+                        items.append(data)
+                        if not message.is_heartbeat:
+                            arrivals.append(message.received)
+                if items:
+                    stats.bytes_sent += await sink.send(items)
+                    now = time.monotonic()
+                    latency = self.batch.latency
+                    for arrival in arrivals:
+                        latency.observe(now - arrival)
+                if end:
+                    await sink.end(self.close_reason or GOING_AWAY)
+                    return
+            self.busy = False
+        except OSError:
+            return  # the client went away mid-send
 
     def kick(self) -> None:
         """Disconnect a client that lost `max_drops` messages: it is not keeping up."""
@@ -317,23 +316,28 @@ class Subscription:
             self.token,
             self.dropped,
         )
-        if self.writer is not None:
-            self.writer.kick(CLOSE_TOO_SLOW)
+        if self.sink is not None:
+            self.sink.kick(CLOSE_TOO_SLOW)
         else:
             self.close()
 
     def close(self, reason: CloseReason = GOING_AWAY) -> None:
-        """Ask the endpoint to close, saying `reason`, making room in a full queue if
-        needed (the first reason given is the one said)."""
-        if self.closing:
+        """Ask the drain to end the stream, saying `reason` (the first one given), making
+        room in a full queue if needed."""
+        if self.close_reason is not None:
             return
-        self.closing = True
         self.close_reason = reason
         if self.queue.full():
             self.queue.get_nowait()
         self.queue.put_nowait(None)
-        if self.on_backlog is not None:
-            self.on_backlog()
+        if self.sink is not None:
+            self._start_drain()
+
+    def detach(self) -> None:
+        """The connection is gone: stop its drain."""
+        task, self.task = self.task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()  # (the drain itself may end the stream and leave)
 
 
 class WriteBatch:
@@ -485,11 +489,12 @@ class Hub:
             self.stats.connections_open_ws += change
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        """Forget a connection; safe to call more than once."""
+        """Forget a connection and stop its drain; safe to call more than once."""
         subscriptions = self._by_token.get(subscription.token)
         if subscriptions is None or subscription not in subscriptions:
             return
         subscriptions.remove(subscription)
+        subscription.detach()
         if subscription.expiry is not None:
             self.expiries.forget(subscription.expiry)
             subscription.expiry = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from wspush.settings import Settings
@@ -60,6 +61,38 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     # noise for a push relay, so its loggers stay at WARNING unless debugging.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).setLevel(uvicorn_log_level(level).upper())
+
+
+# Set in a connection's task when the app leaves its exchange unfinished on purpose: a
+# WebSocket refused with an HTTP response, an SSE client cut for not reading.
+ON_PURPOSE: ContextVar[bool] = ContextVar("wspush_unfinished_on_purpose", default=False)
+UNFINISHED = frozenset(
+    {
+        "ASGI callable returned without completing handshake.",
+        "ASGI callable returned without completing response.",
+    }
+)
+
+
+class OnPurposeFilter(logging.Filter):
+    """Drop the ERROR uvicorn logs when the app returns with an exchange unfinished, where
+    wspush did that on purpose: a WebSocket refused with a denial response (complete,
+    though uvicorn's stock protocols do not count it so), an SSE client cut over plain
+    ASGI for not reading. wspush logs each of those itself; neither is a server error.
+
+    The line comes from the connection's task right after the app returns, so the flag
+    the app set in that task says whether this was such a case.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg in UNFINISHED and ON_PURPOSE.get())
+
+
+def quiet_unfinished_on_purpose() -> None:
+    """Install `OnPurposeFilter` on uvicorn's error logger, once per process."""
+    server_logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, OnPurposeFilter) for f in server_logger.filters):
+        server_logger.addFilter(OnPurposeFilter())
 
 
 def uvicorn_log_level(level: str) -> str:

@@ -23,8 +23,8 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from wspush import __version__
 from wspush.stats import GAUGES, LATENCY_BUCKETS, LatencyHistogram, Stats
+from wspush.version import __version__
 
 REFUSAL_REASONS = (
     "bad_token",

@@ -14,18 +14,17 @@ import os
 import socket
 from collections.abc import AsyncIterator
 
-from sse_starlette import EventSourceResponse
-
 from wspush.cluster import ClusterSubscriber
+from wspush.engine.exit import server_exiting
 from wspush.expvar import ExpvarServer
 from wspush.hub import Hub
 from wspush.interest import Interest
 from wspush.logs import log_settings
 from wspush.metrics import Snapshot, metrics_registry
 from wspush.settings import Settings
+from wspush.shared_stats import SharedStats
 from wspush.stats import Stats
 from wspush.subscriber import EXACT, PATTERN, RedisSubscriber, Subscriber
-from wspush.workers import SharedStats
 
 logger = logging.getLogger("wspush")
 
@@ -156,12 +155,11 @@ class Relay:
                 await self.hub.drained.wait()
 
     async def _drain_when_server_exits(self) -> None:
-        """Under a bare `uvicorn` command, drain as soon as the server is told to exit.
-
-        sse-starlette already watches uvicorn's exit signal (process-wide) to end SSE
-        streams; waiting on the same watcher lets WebSocket clients get their 1001
-        too, unless uvicorn closes them first (it sends 1012). The `wspush` command
-        drains before uvicorn's own shutdown, so there 1001 always comes first.
+        """Under a bare `uvicorn` command, drain as soon as the server is told to exit
+        (see `wspush.engine.exit`): SSE streams end with their retry hint, and WebSocket
+        clients get their 1001 unless uvicorn closes them first (it sends 1012). The
+        `wspush` command drains before uvicorn's own shutdown, so there 1001 always
+        comes first.
         """
-        await EventSourceResponse._listen_for_exit_signal()
+        await server_exiting()
         await self.drain(self.settings.shutdown_timeout)

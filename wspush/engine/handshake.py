@@ -5,12 +5,17 @@ serialising the request again, which websockets then parses again in Python, bui
 `Headers` objects for and answers with a `Response` it formats a date for, only for
 uvicorn to replace that date. That is most of the CPU a WebSocket connection costs to
 set up. For the plain handshakes browsers and client libraries send, wspush's protocols
-(`wspush.protocols`) answer from the headers httptools already parsed instead.
+(`wspush.engine.http`) answer from the headers httptools already parsed instead.
 
 `plain_handshake_key` only accepts what websockets would accept exactly as it is, and
 returns None for everything else: uvicorn's own path then answers it, so every error
 response and edge case stays uvicorn's and websockets'. Size is not one of them: see
 `lift_websockets_head_limits`.
+
+Upstream touched (checked against websockets 17.4): `websockets.http11.MAX_LINE_LENGTH`
+and `MAX_NUM_HEADERS` (see `lift_websockets_head_limits`); nothing of uvicorn's. The
+bytes of the 101 are those uvicorn 0.54.0's websockets-sansio protocol writes with
+websockets 17.4, as tests/test_engine.py compares.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ def lift_websockets_head_limits() -> None:
     the client would wait for ever. By then the head is in memory anyway (wspush's HTTP
     protocol holds at most `--max-request-head` of it; a stock uvicorn's, any size), so
     these limits protect nothing; the relay's own limit answers instead, with 431 and
-    the CORS header (`Endpoints._check_request_head`).
+    the CORS header (`Admission._check_request_head`).
 
     They are websockets' documented knobs (WEBSOCKETS_MAX_LINE_LENGTH and
     WEBSOCKETS_MAX_NUM_HEADERS, read at import, looked up by its parser on every

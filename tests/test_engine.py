@@ -1,15 +1,19 @@
-"""What keeps connections cheap: the handshake wspush answers itself, the short path
-past Starlette, and the lightweight event and queue. Each must behave exactly like what
-it replaces."""
+"""The engine (wspush.engine) and what keeps connections cheap: the handshake wspush
+answers itself, the short path past Starlette, and the lightweight event and queue. Each
+must behave exactly like what it replaces, and the engine like a stock uvicorn: the
+tests under "as stock uvicorn does" run both servers and compare what clients see."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import socket
+import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,27 +21,18 @@ import uvicorn
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
-from uvicorn.server import ServerState
-from websockets.protocol import OPEN
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from tests.clients import SSEClient, receive, websocket
-from tests.conftest import RedisServer, Wspush, free_port, wait_until
+from tests.clients import RawWebSocket, SSEClient, receive, websocket
+from tests.conftest import SERVERS, RedisServer, Wspush, free_port, wait_until
 from tests.test_factory import ready, served
 from wspush import Settings, create_app
-from wspush.cli import uvicorn_options
-from wspush.handshake import plain_handshake_key
+from wspush.engine.handshake import plain_handshake_key
+from wspush.engine.heads import HeadRecorder, ResponseHeads
+from wspush.engine.http import ACCESS_LOGGER, ERROR_LOGGER, LightFlowControl
+from wspush.engine.proxy import apply_proxy_headers
 from wspush.lightweight import LightEvent, LightQueue
-from wspush.protocols import (
-    ACCESS_LOGGER,
-    ERROR_LOGGER,
-    HeadRecorder,
-    HttpToolsDirectProtocol,
-    LightFlowControl,
-    ResponseHeads,
-    WebSocketsSansIODirectProtocol,
-    with_proxy_headers,
-)
+from wspush.serving import uvicorn_options
 
 pytestmark = pytest.mark.anyio
 
@@ -113,71 +108,6 @@ async def test_refusals_and_messages_on_a_parsed_handshake(
         assert await receive(ws) == b"parsed"
 
 
-class SocketTransport(asyncio.Transport):
-    """A transport on a connected socket pair, enough for the protocols' constructors."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self.sock = sock
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return {
-            "socket": self.sock,
-            "sockname": self.sock.getsockname(),
-            "peername": self.sock.getpeername(),
-        }.get(name, default)
-
-
-@contextlib.contextmanager
-def server_connection() -> Iterator[tuple[uvicorn.Config, ServerState, SocketTransport, object]]:
-    """wspush's uvicorn config and server state, and the server side of a real
-    connection as a transport, with the client's address."""
-    config = uvicorn.Config(create_app(Settings()), **uvicorn_options(Settings()))
-    config.load()
-    listener = socket.create_server(("127.0.0.1", 0))
-    with listener, socket.create_connection(listener.getsockname()) as client:
-        server_side, _ = listener.accept()
-        with server_side:
-            yield config, ServerState(), SocketTransport(server_side), client.getsockname()
-
-
-async def test_the_parsed_handshake_protocol_has_exactly_uvicorns_attributes() -> None:
-    """`for_parsed_handshake` restates uvicorn's constructor: a uvicorn release that adds
-    an attribute must show up here, not as an AttributeError on some connection."""
-    with server_connection() as (config, state, transport, peer):
-        theirs = WebSocketsSansIODirectProtocol(config=config, server_state=state, app_state={})
-        theirs.connection_made(transport)
-        http = HttpToolsDirectProtocol(config=config, server_state=state, app_state={})
-        http.connection_made(transport)
-        own = WebSocketsSansIODirectProtocol.for_parsed_handshake(http)
-    assert set(vars(own)) == set(vars(theirs))
-    assert own._conn is None
-    assert own.conn.state is OPEN
-    for name in ("server", "client", "scheme", "transport", "connections", "tasks"):
-        assert getattr(own, name) == getattr(theirs, name), name
-    assert own.client == peer
-    assert type(own.queue) is type(theirs.queue) is LightQueue
-    assert type(own.writable) is type(theirs.writable) is LightEvent
-    assert own.writable.is_set()
-
-
-async def test_the_http_protocol_has_exactly_uvicorns_attributes_and_addresses() -> None:
-    """Its constructor and `connection_made` restate uvicorn's, without the logger
-    look-ups and socket objects: same attributes, same addresses."""
-    with server_connection() as (config, state, transport, peer):
-        theirs = HttpToolsProtocol(config=config, server_state=state, app_state={})
-        theirs.connection_made(transport)
-        own = HttpToolsDirectProtocol(config=config, server_state=state, app_state={})
-        own.connection_made(transport)
-    assert set(vars(theirs)) <= set(vars(own))
-    assert set(vars(own)) - set(vars(theirs)) == {"upgrade_of", "upgrading", "stream", "head_room"}
-    for name in ("server", "client", "scheme", "logger", "access_logger", "access_log"):
-        assert getattr(own, name) == getattr(theirs, name), name
-    assert own.client == peer
-    assert own.flow.write_paused is False
-    assert type(own.flow._is_writable_event) is LightEvent
-
-
 def test_proxy_headers_are_applied_as_uvicorns_middleware_applies_them() -> None:
     """A WebSocket accepted without a task gets the scope uvicorn's middleware would
     have passed on: same client, same scheme, for trusted and untrusted peers."""
@@ -201,9 +131,8 @@ def test_proxy_headers_are_applied_as_uvicorns_middleware_applies_them() -> None
         for peer, headers in cases:
             scope = {"type": kind, "client": (peer, 5000), "scheme": "ws", "headers": headers}
             seen.clear()
-            original = dict(scope)
-            ours = with_proxy_headers(middleware, scope)
-            assert scope == original, "the scope it was given stays as it was"
+            ours = dict(scope)
+            apply_proxy_headers(middleware, ours)
             asyncio.run(middleware(dict(scope), None, None))  # type: ignore[arg-type]
             assert ours == seen[0], (kind, peer, headers)
 
@@ -434,3 +363,180 @@ async def test_the_light_queue_is_a_bounded_fifo_like_asyncio_queue() -> None:
         unbounded.put_nowait(item)
     assert not unbounded.full()
     assert [unbounded.get_nowait() for _ in range(1000)] == list(range(1000))
+
+
+# -- as stock uvicorn does -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def both_servers(
+    workdir: Path, redis_server: RedisServer, *args: str
+) -> Iterator[dict[str, Wspush]]:
+    """The same relay on wspush's engine and on a stock uvicorn, side by side."""
+    relays = {
+        server: Wspush(workdir / server, "-redis", redis_server.address, *args, server=server)
+        for server in SERVERS
+    }
+    try:
+        yield {server: relay.start() for server, relay in relays.items()}
+    finally:
+        for relay in relays.values():
+            with contextlib.suppress(Exception):
+                relay.stop()
+
+
+async def exchange(port: int, request: bytes, then: Callable[[], object] | None = None) -> bytes:
+    """Send a raw request; return what comes back until `then` (called once the head is
+    in) has had its effect and the server has sent nothing more for a moment, or EOF."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        received = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        if then is not None:
+            then()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), 0.5)
+            except TimeoutError:
+                return received
+            if not chunk:
+                return received + b"<EOF>"
+            received += chunk
+    finally:
+        writer.close()
+
+
+def sse_request(token: str, version: str = "1.1", *headers: str) -> bytes:
+    lines = [f"GET /sse?token={token} HTTP/{version}", "Host: x", *headers, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+@pytest.mark.parametrize(
+    ("version", "headers"),
+    [
+        ("1.1", ()),
+        ("1.0", ()),  # no chunked framing, and the connection ends with the stream
+        ("1.1", ("Connection: close",)),
+        ("1.1", ("Origin: https://a.example",)),  # echoed
+        ("1.1", ("Origin: https://b.example",)),  # not listed: no echo
+    ],
+)
+async def test_sse_heads_and_bodies_are_stock_uvicorns(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    token: str,
+    version: str,
+    headers: tuple[str, ...],
+) -> None:
+    """Head, framing and end of an SSE stream, byte for byte (but the date), for each
+    HTTP version, `Connection: close`, and heads with and without an echoed origin."""
+    args = ("--cors-origins", "https://a.example")
+    with both_servers(tmp_path, redis_server, *args) as relays:
+        seen = {}
+        request = sse_request(token, version, *headers)
+        publish = functools.partial(redis_server.publish, f"example.{token}", f"on {version}")
+        for server, relay in relays.items():
+            seen[server] = without_date(await exchange(relay.port, request, publish))
+        assert f"data:on {version}".encode() in seen["wspush"]
+        assert seen["wspush"] == seen["uvicorn"]
+
+
+async def test_a_client_close_gets_the_same_answer(
+    tmp_path: Path, redis_server: RedisServer, token: str
+) -> None:
+    """The client closes: the server answers with the same close frame and ends the
+    connection, on both servers."""
+    with both_servers(tmp_path, redis_server) as relays:
+        answers = {}
+        for server, relay in relays.items():
+            raw = await RawWebSocket.open(relay.port, f"/?token={token}")
+            raw.send(0x8, struct.pack("!H", 1000) + b"bye")
+            answers[server] = (*await raw.frame(), await connection_end(raw))
+            raw.close()
+        assert answers["wspush"] == answers["uvicorn"], answers
+        assert answers["wspush"][:2] == (0x8, struct.pack("!H", 1000) + b"bye")
+
+
+async def test_a_server_close_is_answered_and_ends_the_connection_alike(
+    tmp_path: Path, redis_server: RedisServer, token: str
+) -> None:
+    """The server closes (1009 for an oversized frame): the same close frame, and once
+    the client answers it, the end of the connection, on both servers."""
+    with both_servers(tmp_path, redis_server, "--max-client-message", "125") as relays:
+        closes = {}
+        for server, relay in relays.items():
+            raw = await RawWebSocket.open(relay.port, f"/?token={token}")
+            raw.send(0x2, b"x" * 126)
+            close = await raw.frame()
+            raw.send(0x8, close[1][:2])  # the client's answer
+            closes[server] = (*close, await connection_end(raw))
+            raw.close()
+        assert closes["wspush"] == closes["uvicorn"], closes
+        assert closes["wspush"][0] == 0x8
+        assert closes["wspush"][1][:2] == struct.pack("!H", 1009)
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_a_reader_that_pauses_then_reads_again_gets_what_it_kept_in_order(
+    tmp_path: Path, redis_server: RedisServer, token: str, transport: str
+) -> None:
+    """A client stops reading while 8 MiB are published: the server stops writing to it
+    and queues or drops, never reorders; once it reads again, it gets an increasing
+    run of messages and then what is published after, on both servers."""
+    big = b"x" * (64 * 1024)
+    with both_servers(tmp_path, redis_server) as relays:
+        for server, relay in relays.items():
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            if transport == "ws":
+                raw = RawWebSocket(reader, writer)
+                raw.writer.write(websocket_request(relay.port, f"/?token={token}"))
+            else:
+                writer.write(sse_request(token))
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            for seq in range(128):  # not read meanwhile
+                redis_server.publish(f"example.{token}", b"%d " % seq + big)
+            await asyncio.sleep(0.5)
+            redis_server.publish(f"example.{token}", b"end")
+            seen = await read_sequence(reader, transport)
+            assert seen, server
+            assert seen == sorted(set(seen)), (server, seen)
+            writer.close()
+
+
+async def connection_end(raw: RawWebSocket) -> str:
+    """That the server ends the connection after its close frame, within 5 s (with a FIN,
+    or a reset when the client's answer arrives after it closed: a matter of timing)."""
+    try:
+        rest = await asyncio.wait_for(raw.reader.read(), 5)
+    except ConnectionResetError:
+        return "ended"
+    assert rest == b"", rest
+    return "ended"
+
+
+def websocket_request(port: int, path: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {KEY.decode()}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+async def read_sequence(reader: asyncio.StreamReader, transport: str) -> list[int]:
+    """The sequence numbers of the messages read until `end`."""
+    seen: list[int] = []
+    async with asyncio.timeout(20):
+        if transport == "ws":
+            raw = RawWebSocket(reader, None)  # type: ignore[arg-type]
+            while True:
+                opcode, payload = await raw.frame(timeout=20)
+                if payload == b"end":
+                    return seen
+                if opcode == 0x2:
+                    seen.append(int(payload.split(b" ", 1)[0]))
+        buffer = b""
+        while b"data:end\n\n" not in buffer:
+            chunk = await reader.read(1 << 20)
+            assert chunk, "the stream ended"
+            buffer += chunk
+        return [int(n) for n in re.findall(rb"data:(\d+) ", buffer)]

@@ -1,0 +1,51 @@
+"""The bytes on the wire: WebSocket frames (RFC 6455 section 5.2), SSE events as the Go
+wspush frames them, and HTTP/1.1 chunks. Pure functions; `Message` caches their results
+so a message fanned out to a thousand clients is encoded once."""
+
+from __future__ import annotations
+
+import struct
+
+OPCODE_TEXT = 0x1
+OPCODE_BINARY = 0x2
+OPCODE_PING = 0x9
+
+
+def websocket_frame(opcode: int, payload: bytes) -> bytes:
+    """A final, unmasked frame: what a server sends."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x80 | opcode, length))
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, length)
+    return header + payload
+
+
+def websocket_frame_size(length: int) -> int:
+    """The bytes of the frame `websocket_frame` makes of a `length`-byte payload."""
+    return length + (2 if length < 126 else 4 if length < 1 << 16 else 10)
+
+
+def sse_event(payload: bytes) -> bytes:
+    """Frame a message as the Go wspush does: one `data:` line per line, then a blank line.
+
+    A line starting with a space gets `data: ` instead of `data:`: EventSource strips one
+    leading space, so Go's form would lose it.
+    """
+    lines = payload.split(b"\n")
+    return (
+        b"".join(
+            [
+                b"data: " + line + b"\n" if line[:1] == b" " else b"data:" + line + b"\n"
+                for line in lines
+            ]
+        )
+        + b"\n"
+    )
+
+
+def http_chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk (RFC 9112 section 7.1)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
