@@ -62,8 +62,11 @@ def storm_client() -> Path:
     return binary
 
 
-def publish_history(client: redis.Redis, tokens: list[bytes], count: int, size: int) -> list[bytes]:
-    """`count` messages with history per token; the id of each token's last message."""
+def publish_history(
+    client: redis.Redis, tokens: list[bytes], count: int, size: int, behind: int
+) -> list[bytes]:
+    """`count` messages with history per token; for each token the id of the message
+    `behind` messages before its last (where its client resumes from)."""
     last: list[bytes] = []
     for start in range(0, len(tokens), 500):
         pipe = client.pipeline(transaction=False)
@@ -74,7 +77,7 @@ def publish_history(client: redis.Redis, tokens: list[bytes], count: int, size: 
                 )
                 pipe.fcall(history.FUNCTION_NAME, 1, *keys, *args)
         replies = pipe.execute()
-        last.extend(replies[count - 1 :: count])
+        last.extend(replies[count - 1 - behind :: count])
     return last
 
 
@@ -94,13 +97,7 @@ def storm(cmd: list[str], on: bool, args: argparse.Namespace, workdir: Path) -> 
         wait_until(lambda: ping(port), START_TIMEOUT, "the server to answer /ping")
         client.function_load(history.FUNCTION_LIBRARY, replace=True)
         tokens = [b"u%d" % n for n in range(args.connections)]
-        lasts = publish_history(client, tokens, args.messages, args.history_size)
-        positions = []
-        for last in lasts:
-            position = history.Position.parse(last)
-            assert position is not None
-            behind = (position.entry[0], position.entry[1] - args.behind)
-            positions.append(bytes(history.Position(position.tag, position.epoch, behind)))
+        positions = publish_history(client, tokens, args.messages, args.history_size, args.behind)
         requests = [
             b"GET /sse?token=%s HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n%s\r\n"
             % (token, b"Last-Event-ID: %s\r\n" % position if on else b"")

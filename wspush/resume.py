@@ -32,13 +32,15 @@ or both (then the position check drops the second copy).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 from redis.exceptions import RedisError
 
-from wspush.history import HistoryReader, Position, Replay
+from wspush.history import Position, Replay, read_replays
 from wspush.hub import Message, Subscription
 from wspush.stats import Stats
 from wspush.wire import meta_frame_payload
@@ -69,28 +71,43 @@ def reset_signal(token: bytes, position: bytes, reason: str) -> Message:
     )
 
 
+class Repair(NamedTuple):
+    """A connection waiting for its history: from `position`; `announce`: tell it the
+    current position if nothing is replayed (it claimed none)."""
+
+    subscription: Subscription
+    position: bytes | None
+    announce: bool
+
+
 class Resumer:
-    """Keeps the connections of one hub in sequence with their tokens' histories."""
+    """Keeps the connections of one hub in sequence with their tokens' histories.
+
+    Repairs are queued, and one worker reads the histories of everything queued in one
+    go (`read_replays`): a connection costs no task of its own, and a reconnect storm a
+    few round trips to Redis.
+    """
 
     def __init__(
         self,
-        reader: HistoryReader,
+        client: Any,
         prefix: bytes,
         stats: Stats,
         hold: int,
         wait_subscribed: Callable[[bytes], Awaitable[None]],
     ) -> None:
-        self.reader = reader
-        # In exact subscribe mode, history is read once Redis confirmed the channel:
-        # what is published after the read must reach this relay live.
-        self.wait_subscribed = wait_subscribed
+        self.client = client
         self.prefix = prefix
         self.stats = stats
         self.hold = hold  # live messages held per connection during a repair, at most
+        # In exact subscribe mode, history is read once Redis confirmed the channel:
+        # what is published after the read must reach this relay live.
+        self.wait_subscribed = wait_subscribed
         # Counts the subscriber's (re)subscriptions: while it is unchanged since a
         # connection's last message, nothing published can have been missed.
         self.generation = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: list[Repair] = []
+        self._worker: asyncio.Task[None] | None = None
 
     def start(self, subscription: Subscription, claimed: bytes | None, signals: bool) -> None:
         """Bring a new connection in sequence: from the position it claims (the SSE
@@ -98,6 +115,7 @@ class Resumer:
         it the current position when its framing can (`signals`)."""
         subscription.history = self
         subscription.signals = signals
+        subscription.generation = self.generation
         self._repair(subscription, claimed or None, announce=not claimed)
 
     def resubscribed(self, subscriptions: list[Subscription]) -> None:
@@ -123,7 +141,8 @@ class Resumer:
             self.stats.resume_duplicates_dropped += 1
             return False
         self.stats.resume_gaps_repaired += 1
-        self._repair(subscription, subscription.position, announce=False, held=[message])
+        self._repair(subscription, subscription.position, announce=False)
+        subscription.held = [message]
         return False
 
     def follows(self, subscription: Subscription, position: bytes | None, message: Message) -> bool:
@@ -134,43 +153,43 @@ class Resumer:
             return True
         return message.previous is None and subscription.generation == self.generation
 
-    def _repair(
-        self,
-        subscription: Subscription,
-        position: bytes | None,
-        announce: bool,
-        held: list[Message] | None = None,
-    ) -> None:
-        subscription.held = held or []
-        task = asyncio.get_running_loop().create_task(
-            self._read_and_hand_over(subscription, position, announce)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _repair(self, subscription: Subscription, position: bytes | None, announce: bool) -> None:
+        subscription.held = []
+        self._pending.append(Repair(subscription, position, announce))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work())
 
-    async def _read_and_hand_over(
-        self, subscription: Subscription, position: bytes | None, announce: bool
-    ) -> None:
-        """Read what follows `position` and hand it over with the held messages; again
-        from the new position while a held message does not follow."""
-        channel = self.prefix + subscription.token
-        await self.wait_subscribed(subscription.token)
-        while subscription.history is self:
+    async def _work(self) -> None:
+        """Read and hand over everything queued, in batches, until nothing is left."""
+        while self._pending:
+            batch = [repair for repair in self._pending if repair.subscription.history is self]
+            self._pending = []
+            if not batch:
+                continue
+            for token in {repair.subscription.token for repair in batch}:
+                await self.wait_subscribed(token)  # at once, but in exact mode
             generation = self.generation
+            requests = [(self.prefix + r.subscription.token, r.position) for r in batch]
             try:
-                replay = await self.reader.replay(channel, position)
+                replays = await read_replays(self.client, requests)
             except (RedisError, OSError) as exc:
-                logger.debug("history read for token %r failed: %s", subscription.token, exc)
+                logger.debug("history reads failed (%s); again in %gs", exc, RETRY_SECONDS)
+                self._pending = batch + self._pending
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
-            if subscription.history is not self:
-                return  # the client left meanwhile
-            position, complete = self._hand_over(subscription, replay, announce)
-            if complete and generation == self.generation:
-                subscription.held = None  # in sequence: live messages flow again
-                subscription.generation = generation
-                return
-            announce = False
+            for repair, replay in zip(batch, replays, strict=True):
+                self._finish(repair, replay, generation)
+
+    def _finish(self, repair: Repair, replay: Replay, generation: int) -> None:
+        subscription = repair.subscription
+        if subscription.history is not self:
+            return  # the client left meanwhile
+        position, complete = self._hand_over(subscription, replay, repair.announce)
+        if complete and generation == self.generation:
+            subscription.held = None  # in sequence: live messages flow again
+            subscription.generation = generation
+        else:
+            self._pending.append(Repair(subscription, position, False))
 
     def _hand_over(
         self, subscription: Subscription, replay: Replay, announce: bool
@@ -188,7 +207,7 @@ class Resumer:
                 messages.append(reset_signal(token, current, replay.reset))
         elif replay.entries:
             self.stats.resume_replayed += len(replay.entries)
-            messages += [Message(token, payload, now, bytes(at)) for at, payload in replay.entries]
+            messages += [Message(token, payload, now, at) for at, payload in replay.entries]
         elif announce and subscription.signals:
             messages.append(position_signal(token, current))
         position = current
@@ -206,10 +225,10 @@ class Resumer:
         return position, complete
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.reader.close()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
 
 
 def is_duplicate(position: bytes | None, message: Message) -> bool:
