@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
@@ -335,27 +336,62 @@ async def replay_since(client: Any, channel: bytes, claimed: bytes | None) -> Re
     return replay_of(channel, was_claimed, position, await pipe.execute())
 
 
+# The reads of many replays in one command (one server, not a cluster, where the keys
+# of one call must share a slot): for each key, the newest entry, and the entries after
+# its ARGV position ('' for none wanted).
+READ_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local newest = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if ARGV[i] == '' then
+    out[i] = {newest}
+  else
+    out[i] = {newest, redis.call('XRANGE', key, '(' .. ARGV[i], '+')}
+  end
+end
+return out
+"""
+
+
+def as_entries(raw: list[Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Stream entries as a script returns them ([id, [field, value, ...]]), in the shape
+    redis-py gives XRANGE's: (id, {field: value})."""
+    return [(entry, dict(zip(fields[::2], fields[1::2], strict=True))) for entry, fields in raw]
+
+
 async def read_replays(
     client: Any, requests: list[tuple[bytes, bytes | None]], batch_size: int = 1000
 ) -> list[Replay]:
-    """The replay of each (channel, claimed position), in pipelines of `batch_size`.
+    """The replay of each (channel, claimed position), `batch_size` at a time.
 
     After a deploy or a network blip every client comes back at once; their reads go
-    out together, so ten thousand resumes cost a few round trips, not ten thousand.
+    out together, so ten thousand resumes cost a few round trips, not ten thousand: on
+    one server a script call per batch, on a cluster a pipeline (two reads a replay).
     """
+    cluster = isinstance(client, RedisCluster)
     replays: list[Replay] = []
     for start in range(0, len(requests), batch_size):
         batch = [
             (channel, *parse_position(claimed))
             for channel, claimed in requests[start : start + batch_size]
         ]
-        pipe = client.pipeline(transaction=False)
-        for channel, _, position in batch:
-            queue_reads(pipe, channel, position)
-        replies = await pipe.execute()
-        at = 0
-        for channel, claimed, position in batch:
-            count = 1 if position is None else 2
-            replays.append(replay_of(channel, claimed, position, replies[at : at + count]))
-            at += count
+        if cluster:
+            pipe = client.pipeline(transaction=False)
+            for channel, _, position in batch:
+                queue_reads(pipe, channel, position)
+            flat = await pipe.execute()
+            replies, at = [], 0
+            for _, _, position in batch:
+                count = 1 if position is None else 2
+                replies.append(flat[at : at + count])
+                at += count
+        else:
+            keys = [history_key(channel) for channel, _, _ in batch]
+            wanted = [b"" if position is None else position.entry_id for _, _, position in batch]
+            raw = await client.register_script(READ_SCRIPT)(keys, wanted)
+            replies = [[as_entries(part) for part in reply] for reply in raw]
+        replays += [
+            replay_of(channel, claimed, position, reply)
+            for (channel, claimed, position), reply in zip(batch, replies, strict=True)
+        ]
     return replays
