@@ -69,10 +69,13 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A redis-server child process the tests may kill, pause and restart."""
 
-    def __init__(self, workdir: Path, port: int | None = None, *extra: str) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, *extra: str, binary: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.extra = extra
+        self.binary = binary or redis_server_binary()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -87,7 +90,7 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
-                redis_server_binary(),
+                self.binary,
                 "--port",
                 str(self.port),
                 "--bind",

@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from tests.conftest import RedisServer, Wspush, wait_until
+from tests.conftest import RedisServer, Wspush, free_port, wait_until
 from tests.jwts import SECRET, signed
 from tests.test_factory import ready, served
 from wspush import Settings, create_app
@@ -418,3 +418,106 @@ def test_browser_demo_page_routes_a_jwt_by_its_sub_and_says_when_it_expired(
     expect(page.locator("#sse ol.log")).to_contain_text("the token expired")
     expect(page.locator("#ws ol.log")).to_contain_text("1008 \u201ctoken expired\u201d")
     assert errors == [], errors
+
+
+class HistoryPublisher:
+    """Publishes `count` numbered messages with history, one every `interval` seconds,
+    from a thread, while the test restarts the relays."""
+
+    def __init__(self, redis_server: RedisServer, token: str, count: int, interval: float) -> None:
+        import threading
+
+        self.channel = f"example.{token}".encode()
+        self.count = count
+        self.interval = interval
+        self.redis_server = redis_server
+        self.published: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from wspush.history import publish_with_history
+
+        with self.redis_server.client() as client:
+            for n in range(self.count):
+                publish_with_history(client, self.channel, b"m%d" % n, 1000, 600)
+                self.published.append(f"m{n}")
+                time.sleep(self.interval)
+
+    def __enter__(self) -> HistoryPublisher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+
+
+def test_browser_eventsource_loses_nothing_across_a_restart_with_history(
+    context: BrowserContext,
+    spawn: Callable[..., Wspush],
+    redis_server: RedisServer,
+    token: str,
+) -> None:
+    """A deploy under a continuous publisher: the page's EventSource, with no line of
+    resume code, ends with every message exactly once, in order."""
+    server = spawn("-redis", redis_server.address, "--history-size", "1000", "--sse-retry", "200")
+    page = harness_page(context, server)
+    page.evaluate("(token) => openSSE(token)", token)
+    wait_js(page, "count('sse', 'open') === 1")
+    with HistoryPublisher(redis_server, token, count=300, interval=0.01) as publisher:
+        wait_js(page, "seen.length >= 30")
+        assert server.stop() == 0
+        server.start()
+    expected = publisher.published
+    wait_js(page, f"seen.length >= {len(expected)}", timeout=20_000)
+    time.sleep(0.3)  # anything extra would show now
+    assert page.evaluate("seen.map((m) => m[1])") == expected
+    assert page.evaluate("count('sse', 'open')") >= 2
+
+
+def test_browser_loses_nothing_across_a_rolling_restart_of_two_instances_behind_nginx(
+    context: BrowserContext,
+    spawn: Callable[..., Wspush],
+    redis_server: RedisServer,
+    token: str,
+    tmp_path: Path,
+) -> None:
+    from tests.test_nginx import Nginx, render_site
+
+    flags = ("-redis", redis_server.address, "--history-size", "1000", "--sse-retry", "200")
+    relays = [spawn(*flags) for _ in range(2)]
+    port = free_port()
+    nginx = Nginx(tmp_path / "nginx", port, render_site(port, [r.port for r in relays])).start()
+    try:
+        page = context.new_page()
+        page.goto(nginx.url + "/ping")
+        page.evaluate(HARNESS)
+        page.evaluate(
+            "(token) => { for (let i = 0; i < 4; i++) window['es' + i] = "
+            "new EventSource('/sse?token=' + token); }",
+            token,
+        )
+        page.evaluate(
+            """() => { window.streams = [0, 1, 2, 3].map((i) => {
+                 const got = []; window['es' + i].onmessage = (e) => got.push(e.data);
+                 return got; }); }"""
+        )
+        with HistoryPublisher(redis_server, token, count=400, interval=0.01) as publisher:
+            wait_js(page, "streams.every((s) => s.length >= 20)")
+            for relay in relays:  # one after the other, as a rolling deploy does
+                assert relay.stop() == 0
+                relay.start()
+                relay.wait_ready()
+        expected = publisher.published
+        try:
+            wait_js(page, f"streams.every((s) => s.length >= {len(expected)})", timeout=30_000)
+        except Exception:
+            got = page.evaluate("streams")
+            raise AssertionError(
+                [(len(g), [m for m in expected if m not in g][:5], g[:3]) for g in got]
+                + [relay.log()[-3000:] for relay in relays]
+            ) from None
+        time.sleep(0.3)
+        assert page.evaluate("streams") == [expected] * 4
+    finally:
+        nginx.stop()

@@ -18,6 +18,7 @@ import wspush
 from tests.clients import receive, websocket
 from tests.cluster import LocalCluster, tokens_per_shard
 from tests.conftest import Wspush, wait_until
+from wspush import history as wspush_history
 
 pytestmark = pytest.mark.anyio
 
@@ -198,3 +199,39 @@ async def test_exact_mode_follows_a_slot_moved_to_another_primary(
         assert channel in shard_channels(own_cluster)[target.port]
         assert channel not in shard_channels(own_cluster)[source.port]
     assert "unsubscribed" in server.log()
+
+
+@pytest.mark.parametrize("mode", ["pattern", "exact"])
+async def test_resume_on_a_cluster_in_both_subscribe_modes(
+    spawn: Callable[..., Wspush], cluster: LocalCluster, mode: str
+) -> None:
+    """History key and channel share a slot, the Function is on every primary, and a
+    client of each shard resumes exactly (SPUBLISH in exact mode)."""
+    from tests.clients import SSEClient
+    from tests.test_resume import messages, sse_until
+
+    flags = ("--redis-cluster", "--subscribe-mode", mode, "--history-size", "50")
+    server = spawn("-redis", cluster.seed, *flags)
+    sharded = mode == "exact"
+    for node in cluster.alive():
+        with node.client() as client:
+            if client.info("replication")["role"] == "master":
+                libraries = client.execute_command("FUNCTION", "LIST")
+                assert any(b"wspush" in str(entry).encode() for entry in libraries)
+    publisher = cluster.client()
+    try:
+        for token in tokens_per_shard():
+            channel = f"example.{token}".encode()
+            assert key_slot(wspush_history.history_key(channel)) == key_slot(channel)
+            ids = [
+                wspush.publish(publisher, token, f"m{n}", history=50, sharded=sharded)
+                for n in range(4)
+            ]
+            url = f"{server.url}/sse?token={token}"
+            async with SSEClient(url, {"Last-Event-ID": str(ids[0])}) as client:
+                await sse_until(client, 3)
+                wspush.publish(publisher, token, "live", history=50, sharded=sharded)
+                events = await sse_until(client, 4)
+            assert messages(events) == ["m1", "m2", "m3", "live"]
+    finally:
+        publisher.close()

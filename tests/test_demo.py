@@ -87,6 +87,7 @@ async def test_demo_page_settings_are_escaped_into_one_attribute() -> None:
         "pingInterval": 45.0,
         "wsFrame": "text",
         "signed": False,
+        "history": False,
         "jwt": False,
     }
 

@@ -34,8 +34,8 @@ def render_site(listen: int, upstreams: list[int], read_timeout: str | None = No
     """deploy/nginx.conf with only its addresses (and, if asked, its timeout) changed."""
     text = SITE.read_text()
     text = replace_once(text, "    listen 80;\n", f"    listen 127.0.0.1:{listen};\n")
-    servers = "".join(f"    server 127.0.0.1:{port};\n" for port in upstreams)
-    text = replace_once(text, "    server 127.0.0.1:8080;\n", servers)
+    servers = "".join(f"    server 127.0.0.1:{port} max_fails=0;\n" for port in upstreams)
+    text = replace_once(text, "    server 127.0.0.1:8080 max_fails=0;\n", servers)
     if read_timeout is not None:
         text = replace_once(text, "proxy_read_timeout 75s;", f"proxy_read_timeout {read_timeout};")
     return text

@@ -2,7 +2,7 @@
 
 from wspush.factory import create_app
 from wspush.jwt_tokens import sign_jwt
-from wspush.publish import apublish, publish
+from wspush.publish import acurrent_position, apublish, current_position, publish
 from wspush.settings import Settings, SettingsError
 from wspush.tokens import sign as sign_token
 from wspush.version import __version__
@@ -11,8 +11,10 @@ __all__ = [
     "Settings",
     "SettingsError",
     "__version__",
+    "acurrent_position",
     "apublish",
     "create_app",
+    "current_position",
     "publish",
     "sign_jwt",
     "sign_token",

@@ -203,8 +203,11 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
             print(commands.token(settings, args.payload))
         elif args.command == "publish":
             message = commands.read_message(args.message)
-            receivers = asyncio.run(commands.publish(settings, args.token, message))
-            print(f"published {len(message)} bytes to {receivers} subscriber(s)")
+            result = asyncio.run(commands.publish(settings, args.token, message))
+            if isinstance(result, str):
+                print(f"published {len(message)} bytes with id {result}")
+            else:
+                print(f"published {len(message)} bytes to {result} subscriber(s)")
         elif args.command == "check":
             return 0 if asyncio.run(commands.check(settings)) else 1
     except (commands.CommandError, ValueError) as exc:

@@ -75,11 +75,19 @@ def read_message(message: str) -> bytes:
     return sys.stdin.buffer.read() if message == "-" else message.encode()
 
 
-async def publish(settings: Settings, token_text: str, message: bytes) -> int:
-    """PUBLISH <prefix><token> <message>; returns how many subscribers Redis reached."""
+async def publish(settings: Settings, token_text: str, message: bytes) -> int | str:
+    """PUBLISH <prefix><token> <message>; returns how many subscribers Redis reached, or
+    with `--history-size`, the id of the message recorded in the token's history."""
     client = redis_client(settings)
     try:
-        return await apublish(client, token_text, message, settings.prefix)
+        return await apublish(
+            client,
+            token_text,
+            message,
+            settings.prefix,
+            history=settings.history_size,
+            history_ttl=settings.history_ttl,
+        )
     except RedisError as exc:
         raise CommandError(f"Redis at {redact_url(settings.redis_url)}: {exc}") from None
     finally:

@@ -57,6 +57,7 @@ class DemoPage:
             "pingInterval": settings.ping_interval,
             "wsFrame": settings.ws_frame,
             "signed": bool(settings.keys),
+            "history": settings.history_size > 0,
             "jwt": settings.jwt_configured,
         }
         self.body = template.replace(CONFIG_PLACEHOLDER, html.escape(json.dumps(config)))

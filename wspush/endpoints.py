@@ -42,14 +42,18 @@ from wspush.cors import cors_headers_for
 from wspush.hub import Encoder, Hub, Message, Subscription, Transport
 from wspush.logs import ON_PURPOSE, RefusalLog
 from wspush.metrics import metrics_endpoint
+from wspush.resume import Resumer
 from wspush.settings import Settings
 from wspush.stats import Stats
 from wspush.subscriber import RedisSubscriber
-from wspush.wire import websocket_frame_size
+from wspush.tokens import query_parameter
+from wspush.wire import OPCODE_BINARY, OPCODE_TEXT, websocket_frame, websocket_frame_size
 
 logger = logging.getLogger("wspush.endpoints")
 
 RETRY_AFTER_SECONDS = 5
+# The WebSocket subprotocol whose frames carry message ids and resume signals.
+META_PROTOCOL = "wspush.v1"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 # Errors that mean the client went away while the endpoint was talking to it.
@@ -66,8 +70,10 @@ class Endpoints:
         subscriber: RedisSubscriber,
         stats: Stats,
         metrics: CollectorRegistry,
+        resumer: Resumer | None = None,
     ) -> None:
         self.settings = settings
+        self.resumer = resumer  # with --history-size: resume after reconnect
         self.serve_metrics = metrics_endpoint(metrics)
         self.refusal_log = RefusalLog()
         self.admission = Admission(settings, hub, stats, self.refusal_log)
@@ -76,6 +82,8 @@ class Endpoints:
         self.stats = stats
         self.frame_encoder = frame_encoder(settings.ws_frame)
         self.payload_encoder = payload_encoder(settings.ws_frame)
+        self.meta_frame_encoder = meta_frame_encoder(settings.ws_frame)
+        self.meta_payload_encoder = meta_payload_encoder(settings.ws_frame)
         self.asgi_frame = asgi_framer(settings.ws_frame)
         # The one CORS decision, for every answer the relay writes on any path.
         self.cors_headers = cors_headers_for(settings.allowed_origins)
@@ -113,6 +121,7 @@ class Endpoints:
             subscription = self.admission.admit(request.scope, Transport.SSE)
         except Refusal as refusal:
             return refusal_response(refusal)
+        self._start_resume(subscription, request.scope, signals=True)
         try:
             await self.subscriber.wait_subscribed(subscription.token)
         except BaseException:
@@ -135,6 +144,7 @@ class Endpoints:
             subscription = self.admission.admit(scope, Transport.SSE)
         except Refusal:
             return None
+        self._start_resume(subscription, scope, signals=True)
         return SSEStream(self, subscription, writer)
 
     # -- WebSocket ----------------------------------------------------------------------
@@ -145,14 +155,16 @@ class Endpoints:
         except Refusal as refusal:
             await deny_websocket(websocket, refusal, self.cors_headers(websocket.scope))
             return
+        meta = META_PROTOCOL in websocket.scope.get("subprotocols", ())
+        self._start_resume(subscription, websocket.scope, signals=meta)
         try:
             await self.subscriber.wait_subscribed(subscription.token)  # exact mode
-            await websocket.accept()
+            await websocket.accept(META_PROTOCOL if meta else None)
             # Pre-encoded frames are uncompressed: with compression on, frames go through
             # the server, which compresses each one for its connection.
             writer = None if self.settings.ws_compression else direct_writer(websocket.scope)
             stream = WebSocketStream(self, subscription, writer, websocket)  # type: ignore[arg-type]
-            stream.opened()
+            stream.opened(meta)
             await stream.discard_client_frames()
         except GONE:
             pass  # the client went away; nothing to tell it
@@ -173,9 +185,17 @@ class Endpoints:
             subscription = self.admission.admit(scope, Transport.WEBSOCKET)
         except Refusal:
             return None
+        self._start_resume(subscription, scope, signals=False)
         return WebSocketStream(self, subscription, writer)
 
     # -- shared -------------------------------------------------------------------------
+
+    def _start_resume(self, subscription: Subscription, scope: Scope, signals: bool) -> None:
+        """With history, bring the connection in sequence from the position it claims
+        (see `wspush.resume`); `signals`: its framing carries positions and resets."""
+        resumer = self.resumer
+        if resumer is not None:
+            resumer.start(subscription, claimed_position(scope), signals)
 
     def refuse_request_head(self, scope: Scope) -> Response:
         """The answer to a request head over `--max-request-head`, counted and logged, for
@@ -242,10 +262,14 @@ class WebSocketStream:
         self.cut = False
         self.cut_code = CLOSE_GOING_AWAY
 
-    def opened(self) -> None:
+    def opened(self, meta: bool = False) -> None:
+        """The 101 is sent; `meta`: in the wspush.v1 framing (ids and resume signals)."""
         endpoints = self.endpoints
-        encode = endpoints.payload_encoder if self.writer is None else endpoints.frame_encoder
-        self.subscription.attach(self, encode)
+        if meta:
+            encoders = endpoints.meta_payload_encoder, endpoints.meta_frame_encoder
+        else:
+            encoders = endpoints.payload_encoder, endpoints.frame_encoder
+        self.subscription.attach(self, encoders[0] if self.writer is None else encoders[1])
 
     # -- client frames --
 
@@ -425,6 +449,45 @@ def frame_encoder(frame_type: str) -> Encoder:
 
     encoders: dict[str, Encoder] = {"binary": binary, "text": text, "auto": auto}
     return encoders[frame_type]
+
+
+def meta_frame_encoder(frame_type: str) -> Encoder:
+    """Frames in the wspush.v1 framing for direct writes, by frame type: text frames
+    only for UTF-8 messages, as without it."""
+
+    def binary(message: Message) -> bytes:
+        return websocket_frame(OPCODE_BINARY, message.meta)
+
+    def text(message: Message) -> bytes | None:
+        return None if message.text is None else websocket_frame(OPCODE_TEXT, message.meta)
+
+    def auto(message: Message) -> bytes:
+        opcode = OPCODE_BINARY if message.text is None else OPCODE_TEXT
+        return websocket_frame(opcode, message.meta)
+
+    encoders: dict[str, Encoder] = {"binary": binary, "text": text, "auto": auto}
+    return encoders[frame_type]
+
+
+def meta_payload_encoder(frame_type: str) -> Encoder:
+    """`payload_encoder` in the wspush.v1 framing."""
+
+    def meta(message: Message) -> bytes:
+        return message.meta
+
+    def text(message: Message) -> bytes | None:
+        return None if message.text is None else message.meta
+
+    return text if frame_type == "text" else meta
+
+
+def claimed_position(scope: Scope) -> bytes | None:
+    """The position a client resumes from: its `Last-Event-ID` header (what EventSource
+    sends on reconnect), else `?last_event_id=`; None when it names none."""
+    for name, value in scope["headers"]:
+        if name == b"last-event-id":
+            return value.strip() or None
+    return query_parameter(scope["query_string"], b"last_event_id") or None
 
 
 def payload_encoder(frame_type: str) -> Encoder:

@@ -31,7 +31,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     quiet_unfinished_on_purpose()
     relay = Relay(settings)
     lift_websockets_head_limits()  # so every WebSocket head gets the relay's answer
-    endpoints = Endpoints(settings, relay.hub, relay.subscriber, relay.stats, relay.metrics)
+    endpoints = Endpoints(
+        settings, relay.hub, relay.subscriber, relay.stats, relay.metrics, relay.resumer
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

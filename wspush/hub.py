@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from enum import StrEnum
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from wspush.contract import (
     CLOSE_POLICY_VIOLATION,
@@ -28,6 +28,7 @@ from wspush.contract import (
     Sink,
 )
 from wspush.expiry import Entry, ExpiryTimer
+from wspush.history import Position, open_envelope
 from wspush.lightweight import LightQueue
 from wspush.stats import LatencyHistogram, Stats
 from wspush.wire import (
@@ -35,6 +36,7 @@ from wspush.wire import (
     OPCODE_PING,
     OPCODE_TEXT,
     http_chunk,
+    meta_frame_payload,
     sse_event,
     websocket_frame,
 )
@@ -52,6 +54,17 @@ EXPIRED = CloseReason(
 )
 
 
+class Sequencer(Protocol):
+    """What keeps connections in sequence with their tokens' histories (the hub's view
+    of `wspush.resume.Resumer`)."""
+
+    def in_sequence(self, subscription: Subscription, message: Message) -> bool:
+        """Whether a live message with an id goes to the connection now."""
+
+    def resubscribed(self, subscriptions: list[Subscription]) -> None:
+        """The subscription to Redis is new: repair every connection in sequence."""
+
+
 class Transport(StrEnum):
     WEBSOCKET = "ws"
     SSE = "sse"
@@ -67,25 +80,51 @@ class Message:
     __slots__ = (
         "_binary_frame",
         "_chunk",
+        "_meta",
+        "_position",
         "_sse",
         "_text",
         "_text_frame",
+        "id",
         "is_heartbeat",
         "payload",
+        "previous",
         "received",
         "token",
     )
 
-    def __init__(self, token: bytes, payload: bytes, received: float = 0.0) -> None:
+    def __init__(
+        self,
+        token: bytes,
+        payload: bytes,
+        received: float = 0.0,
+        id: bytes | None = None,
+        previous: bytes | None = None,
+    ) -> None:
         self.token = token
         self.payload = payload
         self.received = received  # time.monotonic() when it came from Redis
-        self.is_heartbeat = False
+        # Published with history (see wspush.history): its id, and the id before it.
+        self.id = id
+        self.previous = previous
+        self.is_heartbeat = False  # not a published message: a heartbeat or a resume signal
         self._text: object = _UNSET
         self._sse: object = _UNSET
         self._chunk: object = _UNSET
         self._binary_frame: bytes | None = None
         self._text_frame: object = _UNSET
+        self._meta: object = _UNSET
+        self._position: object = _UNSET
+
+    @classmethod
+    def signal(cls, token: bytes, sse: bytes, meta: bytes) -> Message:
+        """A resume signal (a position, a reset): its SSE event and its wspush.v1 frame
+        payload; nothing in raw WebSocket frames, which cannot carry it."""
+        signal = cls(token, b"")
+        signal.is_heartbeat = True
+        signal._sse = sse
+        signal._meta = meta
+        return signal
 
     @classmethod
     def heartbeat(cls, payload: bytes) -> Message:
@@ -127,8 +166,28 @@ class Message:
     def sse(self) -> bytes | None:
         """The SSE event bytes, or None when the message has no SSE form."""
         if self._sse is _UNSET:
-            self._sse = sse_event(self.payload) if self.payload and self.text is not None else None
+            if not self.payload or self.text is None:
+                self._sse = None
+            elif self.id is None:
+                self._sse = sse_event(self.payload)
+            else:
+                self._sse = b"id:" + self.id + b"\n" + sse_event(self.payload)
         return self._sse  # type: ignore[return-value]
+
+    @property
+    def position(self) -> Position | None:
+        """Where the message stands in its token's history (None: no id, or not one)."""
+        if self._position is _UNSET:
+            self._position = None if self.id is None else Position.parse(self.id)
+        return self._position  # type: ignore[return-value]
+
+    @property
+    def meta(self) -> bytes:
+        """The payload in the wspush.v1 framing: `id: ID` when it has one, an empty line,
+        then the payload (see `wspush.wire.meta_frame_payload`)."""
+        if self._meta is _UNSET:
+            self._meta = meta_frame_payload(self.payload, self.id)
+        return self._meta  # type: ignore[return-value]
 
     @property
     def sse_chunk(self) -> bytes | None:
@@ -191,10 +250,16 @@ class Subscription:
         "dropped",
         "encode",
         "expiry",
+        "extra",
+        "generation",
+        "held",
+        "history",
         "max_drops",
         "peer",
         "pending",
+        "position",
         "queue",
+        "signals",
         "sink",
         "stats",
         "task",
@@ -222,6 +287,17 @@ class Subscription:
         self.busy = False  # the drain holds messages taken from the queue
         self.peer = ""  # the client's address, for the per-address limit
         self.max_drops = 0  # disconnect after this many drops (0: never)
+        # With history (see wspush.resume): the resumer keeping this connection in
+        # sequence, the id of the last message it was given, and the subscriber
+        # generation that was live then; messages held while a repair reads history;
+        # replayed messages waiting for the drain; whether the client's framing carries
+        # resume signals (SSE, wspush.v1 WebSocket).
+        self.history: Sequencer | None = None
+        self.position: bytes | None = None
+        self.generation = 0
+        self.held: list[Message] | None = None
+        self.extra: list[Message] | None = None
+        self.signals = False
 
     @property
     def closing(self) -> bool:
@@ -234,11 +310,20 @@ class Subscription:
         self.encode = encode
         self.sink = sink
         self.writer = sink.writer
-        if not self.queue.empty():
+        if self.extra is not None and self._write_extra_now():
+            return
+        if not self.queue.empty() or self.extra is not None:
             self._start_drain()
 
     def deliver(self, message: Message) -> None:
         """Hand over one message without ever waiting (the hub's hot path)."""
+        history = self.history
+        if (
+            message.id is not None
+            and history is not None
+            and not history.in_sequence(self, message)
+        ):
+            return
         writer = self.writer
         if writer is not None and not self.busy and writer.ready() and self.queue.empty():
             data = counted(self.stats, message, self.encode(message))  # type: ignore[misc]
@@ -259,6 +344,21 @@ class Subscription:
             if self.sink is not None:
                 self._start_drain()
 
+    def give(self, messages: list[Message]) -> None:
+        """Messages from history, to go out before anything delivered after them: what
+        waits in the queue now goes first, then these, then what comes next."""
+        if not messages or self.closing:
+            return
+        waiting: list[Message] = []
+        while not self.queue.empty():
+            queued = self.queue.get_nowait()
+            if queued is not None:
+                waiting.append(queued)
+        self.extra = (self.extra or []) + waiting + messages
+        self.busy = True  # nothing is written directly before these
+        if self.sink is not None and not self._write_extra_now():
+            self._start_drain()
+
     def _start_drain(self) -> None:
         """Make sure one task is draining the queue: a task only while a backlog waits,
         so an idle connection costs none."""
@@ -276,36 +376,75 @@ class Subscription:
         """
         queue = self.queue
         sink: Sink = self.sink  # type: ignore[assignment]
-        encode: Encoder = self.encode  # type: ignore[assignment]
-        stats = self.stats
         try:
-            while not queue.empty():
+            while not queue.empty() or self.extra is not None:
                 self.busy = True
                 items: list[bytes] = []
                 arrivals: list[float] = []  # when the messages of `items` came from Redis
+                extra, self.extra = self.extra or [], None
+                self._encode_into(extra, items, arrivals)
+                waiting: list[Message] = []
                 end = False
                 while not queue.empty():
                     message = queue.get_nowait()
                     if message is None:
                         end = True
                         break
-                    data = counted(stats, message, encode(message))
-                    if data is not None:
-                        items.append(data)
-                        if not message.is_heartbeat:
-                            arrivals.append(message.received)
+                    waiting.append(message)
+                self._encode_into(waiting, items, arrivals)
                 if items:
-                    stats.bytes_sent += await sink.send(items)
-                    now = time.monotonic()
-                    latency = self.batch.latency
-                    for arrival in arrivals:
-                        latency.observe(now - arrival)
+                    self.stats.bytes_sent += await sink.send(items)
+                    self._observe(arrivals)
                 if end:
                     await sink.end(self.close_reason or GOING_AWAY)
                     return
             self.busy = False
         except OSError:
             return  # the client went away mid-send
+
+    def _encode_into(
+        self, messages: list[Message], items: list[bytes], arrivals: list[float]
+    ) -> None:
+        """This connection's bytes for each message (counted), and when each came."""
+        encode: Encoder = self.encode  # type: ignore[assignment]
+        stats = self.stats
+        for message in messages:
+            data = counted(stats, message, encode(message))
+            if data is not None:
+                items.append(data)
+                if not message.is_heartbeat:
+                    arrivals.append(message.received)
+
+    def _observe(self, arrivals: list[float]) -> None:
+        now = time.monotonic()
+        latency = self.batch.latency
+        for arrival in arrivals:
+            latency.observe(now - arrival)
+
+    def _write_extra_now(self) -> bool:
+        """Write the replayed messages at once, when the connection can take them and
+        nothing is on its way before them: a resuming client needs no drain task."""
+        writer = self.writer
+        task = self.task
+        if (
+            writer is None
+            or self.pending is not None  # direct writes not flushed yet go first
+            or (task is not None and not task.done())
+            or not self.queue.empty()
+            or not writer.ready()
+        ):
+            return False
+        extra, self.extra = self.extra or [], None
+        items: list[bytes] = []
+        arrivals: list[float] = []
+        self._encode_into(extra, items, arrivals)
+        if items:
+            data = b"".join(items)
+            writer.write(data)
+            self.stats.bytes_sent += len(data)
+            self._observe(arrivals)
+        self.busy = False
+        return True
 
     def kick(self) -> None:
         """Disconnect a client that lost `max_drops` messages: it is not keeping up."""
@@ -334,7 +473,9 @@ class Subscription:
             self._start_drain()
 
     def detach(self) -> None:
-        """The connection is gone: stop its drain."""
+        """The connection is gone: stop its drain (and any repair, which sees this)."""
+        self.history = None
+        self.held = self.extra = None
         task, self.task = self.task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()  # (the drain itself may end the stream and leave)
@@ -429,6 +570,8 @@ class Hub:
         # Told of each token's first and last connection (exact subscribe mode).
         self.interest: Interest | None = None
         self.expiries: ExpiryTimer[Subscription] = ExpiryTimer(self._expired)
+        # Keeps connections in sequence with their token's history (--history-size).
+        self.resumer: Sequencer | None = None
 
     def __len__(self) -> int:
         return self.stats.connections_open
@@ -510,13 +653,29 @@ class Hub:
                 self.drained.set()
 
     def publish(self, token: bytes, payload: bytes) -> None:
-        """Queue a message for every connection of `token`; never blocks."""
+        """Queue a message for every connection of `token`; never blocks.
+
+        A message published with history comes in an envelope (see `wspush.history`):
+        its payload is delivered, with its id.
+        """
         subscriptions = self._by_token.get(token)
         if subscriptions is None:
             return
-        message = Message(token, payload, time.monotonic())
+        envelope = open_envelope(payload) if payload[:1] == b"\x00" else None
+        if envelope is None:
+            message = Message(token, payload, time.monotonic())
+        else:
+            message = Message(
+                token, envelope.payload, time.monotonic(), envelope.id, envelope.previous
+            )
         for subscription in subscriptions:
             subscription.deliver(message)
+
+    def resubscribed(self) -> None:
+        """The Redis subscription is (back) up: what was published while it was down
+        reaches every connection with a position (see `wspush.resume`)."""
+        if self.resumer is not None:
+            self.resumer.resubscribed(list(self.subscriptions()))
 
     def shed(self, token: bytes, count: int = 1) -> None:
         """Count messages dropped before delivery because the relay is behind Redis:

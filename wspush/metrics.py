@@ -137,6 +137,24 @@ class RelayCollector(Collector):
             "Connections closed because their token expired",
             "expired_clients_disconnected",
         )
+        yield counter(
+            "resume_replayed", "Messages read from history and sent on resume", "resume_replayed"
+        )
+        yield counter(
+            "resume_resets",
+            "Positions that could not be resumed from (clients got a reset signal)",
+            "resume_resets",
+        )
+        yield counter(
+            "resume_gaps_repaired",
+            "Live messages that did not follow a connection's position (history read)",
+            "resume_gaps_repaired",
+        )
+        yield counter(
+            "resume_duplicates_dropped",
+            "Live messages a replay had already sent, dropped",
+            "resume_duplicates_dropped",
+        )
         yield counter("sent_bytes", "Bytes of messages and heartbeats sent", "bytes_sent")
         yield counter("heartbeats", "Heartbeats sent", "heartbeats_sent")
         yield gauge(

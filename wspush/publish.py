@@ -13,6 +13,10 @@ sentinels again after a failover); `redis.asyncio.sentinel.Sentinel` works the s
     sentinel = Sentinel([("s1", 26379), ("s2", 26379)], sentinel_kwargs={"password": "..."})
     wspush.publish(sentinel.master_for("mymaster", password="..."), token, "hello")
 
+With `history=N` (wspush's `--history-size`) the message is also recorded in the token's
+history, so clients that reconnect get what they missed (see wspush.history); the call
+then returns the message's id. `history_ttl` is `--history-ttl`, in seconds.
+
 With `sharded=True` they send SPUBLISH (Redis 7+), which a wspush in exact subscribe
 mode on a Redis Cluster needs (see docs/scaling.md); pass a `redis.RedisCluster` so
 the command goes to the node that serves the channel's slot.
@@ -23,6 +27,14 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable
 from typing import Any, Protocol
+
+from wspush.history import (
+    DEFAULT_TTL,
+    apublish_with_history,
+    publish_with_history,
+    queue_reads,
+    replay_of,
+)
 
 DEFAULT_PREFIX = "example."
 
@@ -64,15 +76,23 @@ def publish(
     prefix: str | bytes = DEFAULT_PREFIX,
     *,
     sharded: bool = False,
-) -> int:
+    history: int = 0,
+    history_ttl: int = DEFAULT_TTL,
+) -> int | str:
     """Publish with a redis-py client; returns how many subscribers Redis reached
     (wspush processes, not browsers; on a cluster, only those on the node it reached).
     Behind Sentinel, pass `Sentinel(...).master_for(name)`.
 
     `sharded=True` sends SPUBLISH, for wspush in exact mode on a Redis Cluster.
+    `history=N` records the message in the token's last N and returns its id instead.
     """
+    channel, payload = channel_for(token, prefix), encode_message(message)
+    if history > 0:
+        return publish_with_history(
+            client, channel, payload, history, history_ttl, sharded
+        ).decode()
     send = client.spublish if sharded else client.publish
-    return int(send(channel_for(token, prefix), encode_message(message)))
+    return int(send(channel, payload))
 
 
 async def apublish(
@@ -82,8 +102,36 @@ async def apublish(
     prefix: str | bytes = DEFAULT_PREFIX,
     *,
     sharded: bool = False,
-) -> int:
+    history: int = 0,
+    history_ttl: int = DEFAULT_TTL,
+) -> int | str:
     """`publish` for a `redis.asyncio` client (`redis.asyncio.RedisCluster` and
     `redis.asyncio.sentinel`'s `master_for` included)."""
+    channel, payload = channel_for(token, prefix), encode_message(message)
+    if history > 0:
+        recorded = await apublish_with_history(
+            client, channel, payload, history, history_ttl, sharded
+        )
+        return recorded.decode()
     send = client.spublish if sharded else client.publish
-    return int(await send(channel_for(token, prefix), encode_message(message)))
+    return int(await send(channel, payload))
+
+
+def current_position(client: Any, token: str | bytes, prefix: str | bytes = DEFAULT_PREFIX) -> str:
+    """The id of the token's newest message in history (or of its start, with none):
+    hand it to a page with the state you render, and the page connects with
+    `?last_event_id=<it>` to get everything published after, none of it twice."""
+    channel = channel_for(token, prefix)
+    pipe = client.pipeline(transaction=False)
+    queue_reads(pipe, channel, None)
+    return str(replay_of(channel, False, None, pipe.execute()).current)
+
+
+async def acurrent_position(
+    client: Any, token: str | bytes, prefix: str | bytes = DEFAULT_PREFIX
+) -> str:
+    """`current_position` for a `redis.asyncio` client."""
+    channel = channel_for(token, prefix)
+    pipe = client.pipeline(transaction=False)
+    queue_reads(pipe, channel, None)
+    return str(replay_of(channel, False, None, await pipe.execute()).current)

@@ -13,14 +13,21 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from wspush.cluster import ClusterSubscriber
 from wspush.engine.exit import server_exiting
 from wspush.expvar import ExpvarServer
+from wspush.history import load_function
 from wspush.hub import Hub
 from wspush.interest import Interest
 from wspush.logs import log_settings
 from wspush.metrics import Snapshot, metrics_registry
+from wspush.resume import Resumer
+from wspush.sentinel import redis_from_url
 from wspush.settings import Settings
 from wspush.shared_stats import SharedStats
 from wspush.stats import Stats
@@ -52,6 +59,15 @@ class Relay:
             max_drops=settings.max_drops,
         )
         self.subscriber = self._subscriber()
+        self.resumer: Resumer | None = None
+        if settings.history_size > 0:
+            self.resumer = self.hub.resumer = Resumer(
+                history_client(settings),
+                settings.prefix_bytes,
+                self.stats,
+                hold=settings.queue_size,
+                wait_subscribed=self.subscriber.wait_subscribed,
+            )
         self.shared_stats: SharedStats | None = None
         self.expvar_socket: socket.socket | None = None
         self.metrics = metrics_registry(self.metrics_snapshot)
@@ -122,6 +138,8 @@ class Relay:
             )
             await expvar.start()
         log_settings(settings)
+        if self.resumer is not None:
+            await self._load_history_function(self.resumer.client)
         try:
             if self.shared_stats is None:
                 yield
@@ -135,7 +153,25 @@ class Relay:
             await asyncio.gather(*tasks, return_exceptions=True)
             if expvar is not None:
                 await expvar.stop()
+            if self.resumer is not None:
+                await self.resumer.close()
+                await self.resumer.client.aclose()
             logger.info("wspush stopped")
+
+    async def _load_history_function(self, client: aioredis.Redis) -> None:
+        """Load the publish Function (every primary of a cluster), so that publishers in
+        any language can FCALL it; wspush's own helpers load it themselves when missing."""
+        try:
+            async with asyncio.timeout(5):
+                loaded = await load_function(client)
+            size = self.settings.history_size
+            logger.info("history: %d messages per token, loaded %s", size, loaded)
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "history: could not load the publish function yet (%s); wspush's publish "
+                "helpers load it themselves, other publishers need it loaded (see README)",
+                exc or type(exc).__name__,
+            )
 
     def gauges(self) -> dict[str, int]:
         """Values read when asked (for /debug/vars), to check that nothing leaks."""
@@ -163,3 +199,15 @@ class Relay:
         """
         await server_exiting()
         await self.drain(self.settings.shutdown_timeout)
+
+
+def history_client(settings: Settings) -> aioredis.Redis:
+    """A client for history reads: the subscription's Redis (a Sentinel's primary, or a
+    cluster, whose nodes it finds by itself)."""
+    if settings.redis_cluster:
+        options: dict[str, Any] = {}
+        if settings.redis_url.startswith("rediss:") and not settings.redis_tls_verify:
+            options["ssl_cert_reqs"] = "none"
+        cluster: Any = aioredis.RedisCluster.from_url(settings.redis_url, **options)
+        return cluster  # type: ignore[no-any-return]
+    return redis_from_url(settings.redis_url, tls_verify=settings.redis_tls_verify)

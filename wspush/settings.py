@@ -288,6 +288,18 @@ class Settings:
         "serve a demo page at GET /demo that shows one token's messages arriving over SSE "
         "and WebSocket side by side",
     )
+    history_size: int = _setting(
+        0,
+        "messages kept per token for clients that reconnect (0: none, plain pub/sub); "
+        "`wspush publish` and wspush.publish(history=N) record them (see README, Resume "
+        "after reconnect)",
+        metavar="N",
+    )
+    history_ttl: int = _setting(
+        3600,
+        "seconds a token's history is kept after its last publish",
+        metavar="SECONDS",
+    )
     log_level: str = _setting("info", "log level", choices=LOG_LEVELS)
     log_format: str = _setting(
         "text", "log line format: text, or json (one object per line)", choices=LOG_FORMATS
@@ -344,6 +356,8 @@ class Settings:
         )
         _require(self.shutdown_timeout > 0, "shutdown_timeout", "must be greater than 0")
         _require(self.workers >= 1, "workers", "must be at least 1")
+        _require(self.history_size >= 0, "history_size", "must be 0 or more")
+        _require(self.history_ttl >= 1, "history_ttl", "must be at least 1")
         _require(self.jwt_leeway >= 0, "jwt_leeway", "must be 0 or more")
         _require(self.jwt_max_age >= 0, "jwt_max_age", "must be 0 or more")
         for name in ("jwt_audience", "jwt_issuer", "jwt_max_age"):

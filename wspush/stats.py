@@ -57,6 +57,10 @@ class Stats:
     skipped_invalid_utf8: int = 0  # deliveries skipped: SSE/text needs UTF-8
     skipped_empty: int = 0  # SSE deliveries skipped: an empty message has no SSE form
     heartbeats_sent: int = 0
+    resume_replayed: int = 0  # messages read from history and sent (--history-size)
+    resume_resets: int = 0  # positions that could not be resumed from: reset signals
+    resume_gaps_repaired: int = 0  # live messages that did not follow: history read
+    resume_duplicates_dropped: int = 0  # live messages a replay had sent already
     bytes_sent: int = 0  # bytes of messages and heartbeats written to clients
     redis_connects: int = 0
     redis_disconnects: int = 0

@@ -376,6 +376,7 @@ class Subscriber:
             what = f"the channels of {len(self.link.dirty)} token(s) with clients"
             what += " (sharded)" if self.commands.per_slot else ""
         logger.info("redis: subscribed to %s at %s", what, redact_url(self.url))
+        self.hub.resubscribed()
         if self.on_change is not None:
             self.on_change()
 

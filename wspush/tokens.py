@@ -29,11 +29,17 @@ def token_from_query(query_string: bytes) -> bytes:
     A pair containing ';' or a bad percent escape is dropped, '+' means space, and a
     missing token is returned as empty.
     """
+    return query_parameter(query_string, b"token")
+
+
+def query_parameter(query_string: bytes, wanted: bytes) -> bytes:
+    """The first parameter `wanted` of a query string, decoded as `token_from_query`
+    says; empty when there is none."""
     for pair in query_string.split(b"&"):
         if not pair or b";" in pair:
             continue
         name, _, value = pair.partition(b"=")
-        if query_unescape(name) != b"token":
+        if query_unescape(name) != wanted:
             continue
         decoded = query_unescape(value)
         if decoded is not None:

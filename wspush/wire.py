@@ -49,3 +49,16 @@ def sse_event(payload: bytes) -> bytes:
 def http_chunk(data: bytes) -> bytes:
     """`data` as one HTTP/1.1 chunk (RFC 9112 section 7.1)."""
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def meta_frame_payload(payload: bytes, message_id: bytes | None, event: bytes = b"") -> bytes:
+    """A message in the wspush.v1 WebSocket framing: header lines (`event: NAME` for a
+    signal, `id: ID` when it has one), an empty line, then the message as published.
+
+    A client splits at the first empty line; no id contains a newline, and the payload
+    after it is untouched, so binary messages stay binary.
+    """
+    head = b"event: " + event + b"\n" if event else b""
+    if message_id is not None:
+        head += b"id: " + message_id + b"\n"
+    return head + b"\n" + payload
