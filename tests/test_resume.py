@@ -234,7 +234,7 @@ async def test_hand_over_is_exact_under_concurrent_publishers(
 ) -> None:
     """Clients drop and resume at random points while two publishers publish: every
     client ends with exactly the published sequence."""
-    total, clients = 400, 4
+    total, clients = 600, 4
     published: list[str] = []
     done = asyncio.Event()
 
@@ -245,19 +245,21 @@ async def test_hand_over_is_exact_under_concurrent_publishers(
                 await history.apublish_with_history(
                     client, f"example.{token}".encode(), f"{tag}{n}".encode(), 1000, 3600
                 )
-                if n % 7 == 0:
-                    await asyncio.sleep(0.001)
+                await asyncio.sleep(0.004)  # about 1.5 s of publishing, for many cycles
         finally:
             await client.aclose()
 
-    async def follower() -> list[str]:
+    cycles = 0
+
+    async def sse_follower() -> list[str]:
+        nonlocal cycles
         received: list[str] = []
         position = ""
         while True:
+            cycles += 1
             headers = {"Last-Event-ID": position} if position else {}
             async with SSEClient(f"{resumable.url}/sse?token={token}", headers) as client:
-                stop_after = random.uniform(0.005, 0.05)
-                await asyncio.sleep(stop_after)
+                await asyncio.sleep(random.uniform(0.005, 0.03))
                 await client.wait_for(b"\n\n")
                 for event in parse_events(bytes(client.body)):
                     assert "event" not in event, event  # no reset may happen here
@@ -267,9 +269,31 @@ async def test_hand_over_is_exact_under_concurrent_publishers(
             if done.is_set() and len(received) >= total:
                 return received
 
-    followers = [asyncio.create_task(follower()) for _ in range(clients)]
+    async def websocket_follower() -> list[str]:
+        nonlocal cycles
+        received: list[str] = []
+        position = ""
+        while True:
+            cycles += 1
+            url = resumable.ws_url(token) + (f"&last_event_id={position}" if position else "")
+            async with websocket(url, subprotocols=[META]) as ws:
+                deadline = asyncio.get_running_loop().time() + random.uniform(0.005, 0.03)
+                with contextlib.suppress(TimeoutError):
+                    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                        frame = await receive(ws, timeout=left)
+                        head, _, body = bytes(frame).partition(b"\n\n")  # type: ignore[arg-type]
+                        fields = dict(line.split(b": ", 1) for line in head.split(b"\n") if line)
+                        assert b"event" not in fields or fields[b"event"] == b"wspush-position"
+                        if b"event" not in fields:
+                            received.append(body.decode())
+                        position = fields.get(b"id", position.encode()).decode()
+            if done.is_set() and len(received) >= total:
+                return received
+
+    followers = [asyncio.create_task(sse_follower()) for _ in range(clients // 2)]
+    followers += [asyncio.create_task(websocket_follower()) for _ in range(clients // 2)]
     await asyncio.sleep(0.2)
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(90):
         await asyncio.gather(publisher("a"), publisher("b"))
         done.set()
         with fresh_redis.client() as client:
@@ -279,6 +303,7 @@ async def test_hand_over_is_exact_under_concurrent_publishers(
     assert len(published) == total
     for received in results:
         assert received == published
+    assert cycles >= 100  # hundreds of disconnects and resumes, at random points
 
 
 def test_the_history_is_bounded_and_expires(fresh_redis: RedisServer, token: str) -> None:

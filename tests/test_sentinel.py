@@ -28,6 +28,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.test_cli import run_wspush
+from wspush import history as wspush_history
 from wspush.sentinel import (
     SentinelPrimary,
     SentinelTarget,
@@ -411,3 +412,48 @@ async def test_wspush_follows_a_failover_to_the_promoted_replica(
     log = server.log()
     assert log.count("subscribed to 'example.*' at redis+sentinel://127.0.0.1:") == 2, log
     assert log.count(" ERROR ") == 1, log  # once per outage, not once per retry
+
+
+async def test_resume_across_a_sentinel_failover(
+    spawn: Callable[..., Wspush], topology: Topology, token: str
+) -> None:
+    """History is replicated: a client that resumes after the primary was killed and
+    its replica promoted gets what was recorded before and after the failover (as long as
+    the replica had it: history is as durable as Redis's replication)."""
+    from tests.test_resume import messages, sse_until
+
+    topology.wait_failover_ready()
+    server = spawn("-redis", topology.url(), "--history-size", "100")
+    publisher = Sentinel(topology.addresses(), socket_timeout=2).master_for(MASTER)
+    ids = [wspush.publish(publisher, token, f"m{n}", history=100) for n in range(3)]
+    key = wspush_history.history_key(f"example.{token}".encode())
+    with redis.Redis(port=topology.replica.port, socket_timeout=5) as replica:
+        wait_until(lambda: replica.xlen(key) == 3, 5, "the replica to have the history")
+    topology.primary.kill()
+    wait_until(
+        lambda: all(s.primary_port() == topology.replica.port for s in topology.sentinels),
+        FAILOVER_TIMEOUT,
+        "the sentinels to promote the replica",
+    )
+    server.wait_ready(15)
+
+    def after() -> str:
+        return str(wspush.publish(publisher, token, "after failover", history=100))
+
+    deadline = time.monotonic() + 10
+    while True:  # the publisher asks the sentinels again once the old primary fails
+        try:
+            after()
+            break
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    url = f"{server.url}/sse?token={token}"
+    async with SSEClient(url, {"Last-Event-ID": str(ids[0])}) as client:
+        try:
+            events = await sse_until(client, 3, timeout=10)
+        except TimeoutError:
+            raise AssertionError((bytes(client.body), server.log()[-2000:])) from None
+    assert messages(events) == ["m1", "m2", "after failover"]
+    publisher.close()
