@@ -259,8 +259,7 @@ async def test_hand_over_is_exact_under_concurrent_publishers(
             cycles += 1
             headers = {"Last-Event-ID": position} if position else {}
             async with SSEClient(f"{resumable.url}/sse?token={token}", headers) as client:
-                await asyncio.sleep(random.uniform(0.005, 0.03))
-                await client.wait_for(b"\n\n")
+                await asyncio.sleep(random.uniform(0.005, 0.03))  # then drop it, mid-stream
                 for event in parse_events(bytes(client.body)):
                     assert "event" not in event, event  # no reset may happen here
                     if "data" in event:
@@ -301,8 +300,8 @@ async def test_hand_over_is_exact_under_concurrent_publishers(
             published = [entry[1][b"d"].decode() for entry in client.xrange(key)]
         results = await asyncio.gather(*followers)
     assert len(published) == total
-    for received in results:
-        assert received == published
+    for kind, received in zip(["sse", "sse", "ws", "ws"], results, strict=True):
+        assert received == published, (kind, received[:8], published[:8])
     assert cycles >= 100  # hundreds of disconnects and resumes, at random points
 
 
@@ -490,3 +489,22 @@ def test_publish_with_history_returns_the_id_and_plain_publish_the_receivers(
         assert history.Position.parse(message_id) is not None
         assert wspush.current_position(client, token) == message_id
         assert wspush.publish(client, token, "plain") == 0
+
+
+async def test_a_fresh_client_during_the_first_publishes_of_a_history_gets_each_once(
+    spawn: Callable[..., Wspush], fresh_redis: RedisServer, token: str
+) -> None:
+    """No Last-Event-ID, an empty history, and its first messages published while the
+    client's read is held up: the first of them names no message before it, and must
+    still be sent once, not again after the replay's position."""
+    proxy = DelayingProxy(fresh_redis.port, 0.3, 0.0)
+    with proxy as port:
+        relay = spawn("-redis", f"127.0.0.1:{port}", "--history-size", "1000")
+        publishing = asyncio.create_task(publish_steadily(fresh_redis, token, 40, 0.01))
+        async with SSEClient(f"{relay.url}/sse?token={token}") as client:
+            try:
+                events = await sse_until(client, 40, timeout=10)
+            except TimeoutError:
+                raise AssertionError((bytes(client.body)[:600], relay.log()[-1500:])) from None
+        await publishing
+    assert messages(events) == [f"p{n}" for n in range(40)]

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 from redis.exceptions import RedisError
 
-from wspush.history import Position, Replay, read_replays
+from wspush.history import Position, Replay, origin, read_replays
 from wspush.hub import Message, Subscription
 from wspush.stats import Stats
 from wspush.wire import meta_frame_payload
@@ -151,7 +151,11 @@ class Resumer:
         connection's last message (the subscription to Redis has stayed up)."""
         if message.previous == position:
             return True
-        return message.previous is None and subscription.generation == self.generation
+        return (
+            message.previous is None
+            and subscription.generation == self.generation
+            and not is_duplicate(position, message)  # the start of the history it is at
+        )
 
     def _repair(self, subscription: Subscription, position: bytes | None, announce: bool) -> None:
         subscription.held = []
@@ -208,10 +212,16 @@ class Resumer:
         elif replay.entries:
             self.stats.resume_replayed += len(replay.entries)
             messages += [Message(token, payload, now, at) for at, payload in replay.entries]
-        elif announce and subscription.signals:
-            messages.append(position_signal(token, current))
         position = current
         held, subscription.held = subscription.held or [], []
+        if announce and not replay.entries:
+            # A new connection that claimed no position: everything held came after it
+            # joined, so its position is the one before the first of them (what the
+            # read returned is newer). Nothing was replayed, so none is a duplicate.
+            if held:
+                position = held[0].previous or bytes(origin(self.prefix + token))
+            if subscription.signals:
+                messages.append(position_signal(token, position))
         complete = len(held) < self.hold  # a full hold dropped messages: read again
         for message in held:
             if self.follows(subscription, position, message):
