@@ -184,3 +184,12 @@ def test_every_command_has_help() -> None:
         assert result.returncode == 0
         assert f"usage: wspush {command}".encode() in result.stdout
     assert b"commands (wspush COMMAND --help)" in wspush("--help").stdout
+
+
+def test_keygen_never_starts_a_key_with_a_dash() -> None:
+    """A key is passed as `-hmac KEY`: one starting with '-' would read as an option."""
+    from wspush.commands import keygen
+
+    keys = [keygen() for _ in range(2000)]  # a leading '-' is 1 in 64 without the rule
+    assert not any(key.startswith("-") for key in keys)
+    assert len(set(keys)) == len(keys)

@@ -30,8 +30,14 @@ CHECK_TIMEOUT = 5.0
 
 
 def keygen(size: int = KEY_BYTES) -> str:
-    """A new random key in the form `--hmac` takes: unpadded base64url."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(size)).rstrip(b"=").decode()
+    """A new random key in the form `--hmac` takes: unpadded base64url.
+
+    Never one that starts with '-': `wspush -hmac -K...` would read it as an option.
+    """
+    while True:
+        key = base64.urlsafe_b64encode(secrets.token_bytes(size)).rstrip(b"=").decode()
+        if not key.startswith("-"):
+            return key
 
 
 def token(settings: Settings, payload: str) -> str:
