@@ -12,7 +12,7 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
-from tests.conftest import RedisServer, free_port, wait_until
+from tests.conftest import RedisServer, free_ports, wait_until
 
 NODE_TIMEOUT_MS = 1000
 RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
@@ -21,8 +21,9 @@ RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
 class LocalCluster:
     def __init__(self, workdir: Path) -> None:
         self.nodes: list[RedisServer] = []
+        ports = free_ports(12)  # distinct: a node's port and bus port, for six nodes
         for index in range(6):
-            port = free_port()
+            port, bus = ports[2 * index], ports[2 * index + 1]
             self.nodes.append(
                 RedisServer(
                     workdir / f"node{index}",
@@ -34,7 +35,7 @@ class LocalCluster:
                     "--cluster-node-timeout",
                     str(NODE_TIMEOUT_MS),
                     "--cluster-port",
-                    str(free_port()),
+                    str(bus),
                 )
             )
 

@@ -41,6 +41,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (free_port() twice in a row may give the same one)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -200,6 +209,7 @@ class Wspush:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.workdir,
+                start_new_session=True,  # its own group: a kill reaches --workers' workers
             )
         wait_until(
             lambda: self.status("/ping") == 200, STARTUP_TIMEOUT, f"wspush /ping\n{self.log()}"
@@ -222,7 +232,10 @@ class Wspush:
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 10) -> int:
         assert self.process is not None
-        if self.process.poll() is None:
+        if signum == signal.SIGKILL:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # and any worker it started
+        elif self.process.poll() is None:
             self.process.send_signal(signum)
         try:
             return self.process.wait(timeout=timeout)
