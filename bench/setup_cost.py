@@ -15,8 +15,8 @@ For each server command and each transport it:
    included; they are a few hundred instructions per connection at most);
 4. with `--unicast M`, then counts again while M messages are published, one per token
    in turn (so every message is one delivery, as in the harness's unicast workloads), in
-   pipelined bursts of `BURST` so that the relay reads many per socket read, as it does
-   at 20,000 msg/s; and prints instructions per message.
+   pipelined bursts of `--burst` (the relay reads about that many per socket read), and
+   prints instructions per message.
 
     python bench/setup_cost.py --label wspush --cmd "$PWD/.venv/bin/python -m wspush" \
         --label other --cmd "/path/to/other/venv/bin/python -m wspush"
@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.flood import LOADGEN
 from tests.conftest import RedisServer, free_port, wait_until
 
-BURST = 100  # messages per pipelined burst in --unicast (the harness: ~150 per read at 20k/s)
-BURSTS_PER_SECOND = 10  # what a server under callgrind delivers without falling behind
+BURST = 100  # messages per pipelined burst in --unicast (--burst)
+MESSAGES_PER_SECOND = 1000  # in bursts: what a server under callgrind delivers in time
 CONNECT_RATE = 400  # connections/s: what a server under callgrind answers without timeouts
 INFLIGHT = 16
 START_TIMEOUT = 120.0
@@ -80,17 +80,18 @@ def total_instructions(paths: set[Path]) -> int:
     return total
 
 
-def publish_unicast(redis_port: int, messages: int, connections: int) -> None:
+def publish_unicast(redis_port: int, messages: int, connections: int, burst: int) -> None:
     """`messages` messages, one per token in turn (the loadgen's token i is `t<i>`), in
-    pipelined bursts: the way the harness's publisher reaches a relay at a high rate."""
+    pipelined bursts of `burst`: the relay reads about that many per socket read."""
     client = redis.Redis(port=redis_port)
+    pause = burst / MESSAGES_PER_SECOND
     try:
-        for start in range(0, messages, BURST):
+        for start in range(0, messages, burst):
             pipe = client.pipeline(transaction=False)
-            for index in range(start, min(start + BURST, messages)):
+            for index in range(start, min(start + burst, messages)):
                 pipe.publish(f"b.t{index % connections}", b"x" * 64)
             pipe.execute()
-            time.sleep(1 / BURSTS_PER_SECOND)
+            time.sleep(pause)
     finally:
         client.close()
 
@@ -102,6 +103,7 @@ def measure(
     redis_port: int,
     workdir: Path,
     unicast: int = 0,
+    burst: int = BURST,
 ) -> dict[str, Any]:
     """Instructions per connection (and per unicast message) for one server command and
     transport."""
@@ -138,7 +140,7 @@ def measure(
         if unicast:
             callgrind_control(server.pid, "-z")
             callgrind_control(server.pid, "-i", "on")
-            publish_unicast(redis_port, unicast, connections)
+            publish_unicast(redis_port, unicast, connections, burst)
             time.sleep(2)  # the last burst's deliveries
             callgrind_control(server.pid, "-i", "off")
             callgrind_control(server.pid, "-d")
@@ -174,6 +176,13 @@ def main() -> int:
         metavar="M",
         help="also count instructions per message while M messages go one per token",
     )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=BURST,
+        help=f"messages per pipelined burst with --unicast (default {BURST}; the harness's "
+        "publisher at 20,000 msg/s reaches a relay a few messages per read)",
+    )
     parser.add_argument("--keep", type=Path, help="write callgrind's files here (to annotate)")
     parser.add_argument("--json", action="store_true", help="one JSON line per result")
     args = parser.parse_args()
@@ -198,7 +207,13 @@ def main() -> int:
             for mode in args.modes.split(","):
                 for label, cmd in zip(labels, args.cmd, strict=True):
                     row = measure(
-                        cmd.split(), mode, args.connections, redis.port, Path(tmp), args.unicast
+                        cmd.split(),
+                        mode,
+                        args.connections,
+                        redis.port,
+                        Path(tmp),
+                        args.unicast,
+                        args.burst,
                     )
                     row["label"] = label
                     if args.json:

@@ -140,9 +140,19 @@ def test_proxy_headers_are_applied_as_uvicorns_middleware_applies_them() -> None
 @contextlib.contextmanager
 def wspush_server(settings: Settings) -> Iterator[tuple[uvicorn.Server, int]]:
     """The app under uvicorn with wspush's options (its protocols), in a thread."""
+    with uvicorn_in_thread(create_app(settings), settings) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def uvicorn_in_thread(
+    app: ASGIApp, settings: Settings, **options: object
+) -> Iterator[tuple[uvicorn.Server, int]]:
+    """`app` under uvicorn with wspush's options for `settings` (and `options`), in a
+    thread."""
     port = free_port()
-    options = {**uvicorn_options(settings), "port": port, "log_config": None}
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+    config = {**uvicorn_options(settings), "port": port, "log_config": None, **options}
+    server = uvicorn.Server(uvicorn.Config(app, **config))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import RedisServer
-from wspush.intake import FLOOD_TICK, MIN_ALLOWANCE, FloodGate, ReplyReader
+from tests.conftest import RedisServer, wait_until
+from wspush.intake import FLOOD_TICK, MIN_ALLOWANCE, FloodGate, ReplyIntake
 
 pytestmark = pytest.mark.anyio
 
@@ -19,11 +21,13 @@ class Clock:
         return self.now
 
 
-async def test_the_reader_takes_over_redis_pys_connection_and_loses_nothing(
+async def test_the_intake_takes_over_redis_pys_connection_and_loses_nothing(
     redis_server: RedisServer,
 ) -> None:
-    """This relies on redis-py's hiredis parser internals; a redis-py that changes them
-    must fail here, not silently fall back to the slow path."""
+    """Every reply, in order, handed over a read at a time; then the end of the connection
+    is raised, and redis-py still closes it. This relies on redis-py's hiredis parser
+    internals; a redis-py that changes them must fail here, not silently fall back to
+    the slow path."""
     client = aioredis.Redis(port=redis_server.port, protocol=2)
     pubsub = client.pubsub()
     try:
@@ -31,8 +35,12 @@ async def test_the_reader_takes_over_redis_pys_connection_and_loses_nothing(
         confirmation = await pubsub.get_message(timeout=5)
         assert confirmation is not None
         assert confirmation["type"] == "psubscribe"
-        assert ReplyReader.usable(pubsub.connection)
-        reader = ReplyReader(pubsub.connection)
+        assert ReplyIntake.usable(pubsub.connection)
+        reads: list[list[bytes]] = []
+        intake = ReplyIntake(
+            pubsub.connection, lambda replies: reads.append([reply[3] for reply in replies])
+        )
+        intake.start()
         async with (
             aioredis.Redis(port=redis_server.port) as publisher,
             publisher.pipeline(transaction=False) as pipe,
@@ -40,15 +48,18 @@ async def test_the_reader_takes_over_redis_pys_connection_and_loses_nothing(
             for seq in range(5000):
                 pipe.publish(b"intake-test.t", b"%d" % seq)
             await pipe.execute()
-        received: list[bytes] = []
-        while len(received) < 5000:
-            replies = await reader.replies()
-            assert len(replies) >= 1
-            received.extend(reply[3] for reply in replies)
-        assert received == [b"%d" % seq for seq in range(5000)]
-        assert not reader.behind  # a burst this size is not a flood
+        await asyncio.to_thread(wait_until, lambda: sum(map(len, reads)) >= 5000, 10, "every reply")
+        assert [payload for read in reads for payload in read] == [
+            b"%d" % seq for seq in range(5000)
+        ]
+        assert all(reads)  # no empty hand-over
+        assert not intake.behind  # a burst this size is not a flood
+        async with aioredis.Redis(port=redis_server.port) as admin:
+            await admin.client_kill_filter(_type="pubsub")
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(intake.closed(), 5)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await asyncio.wait_for(pubsub.aclose(), 5)  # type: ignore[no-untyped-call]
         await client.aclose()
 
 

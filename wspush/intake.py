@@ -7,8 +7,9 @@ subscriber off when that buffer passes its limit (by default 32 MB at once, or 8
 that cannot be delivered in time is better dropped here, and counted, than left in
 Redis until Redis drops the whole subscription.
 
-`ReplyReader` parses every complete reply of each socket read in one go with hiredis
-(redis-py reads one reply per awaited call, which costs more than the parse itself).
+`ReplyIntake` reads the subscription in the event loop's callback and parses every
+complete reply of each socket read in one go with hiredis (redis-py reads one reply per
+awaited call, through a stream and a task, which costs more than the parse itself).
 `FloodGate` decides, per read, how much of it to deliver: all of it while the relay
 keeps up, and while it is behind, fewer and fewer of the newest messages until it is not.
 """
@@ -16,6 +17,7 @@ keeps up, and while it is behind, fewer and fewer of the newest messages until i
 from __future__ import annotations
 
 import array
+import asyncio
 import contextlib
 import fcntl
 import sys
@@ -35,32 +37,46 @@ FLOOD_AFTER = 0.1
 # This much waiting is a flood at once: the kernel's receive buffer is filling, and
 # once it is full, every byte more waits in Redis's output buffer for this subscriber.
 FLOOD_BYTES = 1024 * 1024
-READ_SIZE = 1024 * 1024
+# A read smaller than this means Redis had little more waiting when it was taken (the
+# event loop reads a socket up to 256 KB at a time): the relay is keeping up, and no
+# system call is needed to say so. After a larger read, what is waiting is measured.
+SMALL_READ = 32 * 1024
 # While behind, deliver every FLOOD_TICK seconds, at least this many newest messages.
 FLOOD_TICK = 0.01
 MIN_ALLOWANCE = 16
 
 
-class ReplyReader:
-    """Whole socket reads from a connected redis-py connection, parsed with hiredis.
+class ReplyIntake(asyncio.Protocol):
+    """The subscription's connection, read in the event loop's own callback and parsed
+    with hiredis, every complete reply of each socket read handed over at once.
 
-    It takes over the connection's own hiredis reader and stream (so nothing already
-    buffered is lost) once redis-py has done the connecting, authenticating and
-    subscribing. `usable()` says whether this redis-py has the hiredis parser this needs;
-    without it the subscriber reads one reply at a time through redis-py.
+    redis-py reads a connection through an asyncio stream: each read feeds a buffer,
+    wakes the reading task through a future, and copies the bytes out again, which for
+    a relay that gets a few messages per read costs more than the messages. Once
+    redis-py has connected, authenticated and subscribed, `start` puts this protocol on
+    the connection's transport: what arrives is fed to the connection's own hiredis
+    reader (so nothing already buffered is lost) and `handle` gets the replies, in the
+    callback. The stream's protocol still learns what it must for redis-py to close the
+    connection and to write commands on it (flow control, the end of the connection).
+    `usable()` says whether this redis-py has the hiredis parser this needs; without it
+    the subscriber reads one reply at a time through redis-py.
     """
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, handle: Callable[[list[Any]], None]) -> None:
         parser = connection._parser
         self._reader = parser._reader
         self._stream = parser._stream
+        self._transport: asyncio.Transport = self._stream._transport
+        self._stream_protocol: asyncio.Protocol = self._transport.get_protocol()
         # What the reader returns when no whole reply is buffered: redis-py configures
         # its own sentinel (hiredis's default is False).
         self._nothing = getattr(sys.modules[type(parser).__module__], "NOT_ENOUGH_DATA", False)
+        self._handle: Callable[[list[Any]], None] | None = handle
+        self._closed: asyncio.Future[None] | None = None
         self.behind_since: float | None = None  # since when data has been piling up
         self.waiting = 0  # bytes from Redis received but unread, at the last read
         self.flooded = False  # behind, and until caught up
-        sock = self._stream._transport.get_extra_info("socket")
+        sock = self._transport.get_extra_info("socket")
         self._fd = sock.fileno() if sock is not None else -1
 
     @staticmethod
@@ -68,38 +84,94 @@ class ReplyReader:
         parser = getattr(connection, "_parser", None)
         reader = getattr(parser, "_reader", None)
         stream = getattr(parser, "_stream", None)
+        transport = getattr(stream, "_transport", None)
         return (
             callable(getattr(reader, "gets", None))
-            and callable(getattr(stream, "read", None))
+            and callable(getattr(reader, "feed", None))
             and isinstance(getattr(stream, "_buffer", None), bytearray)
-            and getattr(stream, "_transport", None) is not None
+            and callable(getattr(transport, "set_protocol", None))
+            and callable(getattr(transport, "get_protocol", None))
         )
 
-    async def replies(self) -> list[Any]:
-        """Every complete reply available, waiting for at least one."""
+    def start(self) -> None:
+        """Take the connection over: what the stream had buffered first, then every read."""
+        self._closed = asyncio.get_running_loop().create_future()
+        buffered = bytes(self._stream._buffer)
+        self._stream._buffer.clear()
+        self._transport.set_protocol(self)
+        if getattr(self._stream, "_paused", False):  # the stream had paused reading
+            self._stream._paused = False
+            self._transport.resume_reading()
+        if self._transport.is_closing():
+            self.connection_lost(None)
+        elif buffered:
+            self.data_received(buffered)
+        else:
+            self._deliver()  # what redis-py's parser had already read
+
+    async def closed(self) -> None:
+        """Wait for the end of the connection: raises why it ended."""
+        assert self._closed is not None, "start() first"
+        await self._closed
+
+    def stop(self) -> None:
+        """Hand nothing more over (the relay is done with this connection)."""
+        self._handle = None
+
+    # -- asyncio ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._reader.feed(data)
+            self._deliver()
+            # After a small read there was little more waiting (see SMALL_READ).
+            self._note_backlog(self._waiting() if len(data) >= SMALL_READ else 0)
+        except Exception as exc:  # a reply hiredis cannot parse, or a failure handling it
+            self._end(exc)
+            self._transport.abort()
+
+    def eof_received(self) -> bool | None:
+        self._end(ConnectionError("Redis closed the connection"))
+        return self._stream_protocol.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc or ConnectionError("Redis closed the connection"))
+        self._stream_protocol.connection_lost(exc)  # redis-py's close waits for this
+
+    def pause_writing(self) -> None:
+        self._stream_protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._stream_protocol.resume_writing()
+
+    # -- replies --------------------------------------------------------------------------
+
+    def _deliver(self) -> None:
         gets, nothing = self._reader.gets, self._nothing
         reply = gets()
-        while reply is nothing:
-            self._note_backlog(self._waiting())
-            data = await self._stream.read(READ_SIZE)
-            if not data:
-                raise ConnectionError("Redis closed the connection")
-            self._reader.feed(data)
-            reply = gets()
+        if reply is nothing:
+            return
         replies = [reply]
         reply = gets()
         while reply is not nothing:
             replies.append(reply)
             reply = gets()
-        return replies
+        if self._handle is not None:
+            self._handle(replies)
+
+    def _end(self, exc: BaseException) -> None:
+        self._handle = None
+        closed = self._closed
+        if closed is not None and not closed.done():
+            closed.set_exception(exc)
 
     def _waiting(self) -> int:
-        """Bytes from Redis received but not read yet: in the socket and the stream."""
+        """Bytes from Redis received but not read yet (in the socket)."""
         pending = array.array("i", [0])
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 fcntl.ioctl(self._fd, termios.FIONREAD, pending)
-        return pending[0] + len(self._stream._buffer)
+        return pending[0]
 
     def _note_backlog(self, waiting: int) -> None:
         self.waiting = waiting

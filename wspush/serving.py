@@ -23,7 +23,7 @@ logger = logging.getLogger("wspush")
 UVICORN_GRACE = 1
 GC_YOUNG_THRESHOLD = 50_000
 ENGINE = {
-    "http": "wspush.engine.http:HttpToolsDirectProtocol",
+    "http": "wspush.engine.front:FrontProtocol",
     "ws": "wspush.engine.websocket:WebSocketsSansIODirectProtocol",
 }
 STOCK = {"http": "httptools", "ws": "websockets-sansio"}

@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from wspush.hub import Hub
-from wspush.intake import FloodGate, ReplyReader
+from wspush.intake import FloodGate, ReplyIntake
 from wspush.interest import Interest, Link
 from wspush.sentinel import redis_from_url
 from wspush.settings import redact_url
@@ -207,19 +207,54 @@ class Subscriber:
                     return
 
     async def _relay(self, pubsub: Any, client: aioredis.Redis, link: Link | None) -> None:
-        """The hot loop: one message -> one hub.publish; in exact mode, also the
-        confirmations of the link's (UN)SUBSCRIBE commands.
+        """Relay until the connection ends: every reply to `_handle`, with the watchdog
+        (and in exact mode the flusher) beside it.
 
         It reads the connection directly, with no timeout per read (redis-py's
         get_message() builds a dict and arms a timer for every message); the watchdog
-        beside it notices a connection that has gone silent. In exact mode the flusher
-        beside it sends the link's batches on the same connection, and Redis answers
-        them in order, between messages.
+        notices a connection that has gone silent. In exact mode the flusher sends the
+        link's batches on the same connection, and Redis answers them in order, between
+        messages.
         """
         connection = pubsub.connection
-        read = connection.read_response
-        intake = ReplyReader(connection) if ReplyReader.usable(connection) else None
-        gate = FloodGate()
+        helpers = [asyncio.create_task(self._watch(pubsub, client), name="wspush-redis-watchdog")]
+        if link is not None:
+            flusher = self._flush(link, connection)
+            helpers.append(asyncio.create_task(flusher, name="wspush-redis-subscriptions"))
+        try:
+            if ReplyIntake.usable(connection):
+                gate = FloodGate()
+                handle = self._handler(link)
+
+                def handle_read(responses: list[Any]) -> None:
+                    first = gate.first_to_deliver(len(responses), intake.behind)
+                    if first:  # behind Redis: the oldest go, counted
+                        responses = [*self._shed(responses[:first], self.at), *responses[first:]]
+                    handle(responses)
+
+                intake = ReplyIntake(connection, handle_read)
+                intake.start()
+                try:
+                    await intake.closed()
+                finally:
+                    intake.stop()
+            else:  # no hiredis: one reply at a time, through redis-py
+                handle = self._handler(link)
+                read = connection.read_response
+                while True:
+                    handle([await read(timeout=math.inf)])
+        finally:
+            for helper in helpers:
+                helper.cancel()
+
+    @property
+    def at(self) -> int:
+        """Where a message's channel is in its reply: pmessage has the pattern first."""
+        return 2 if self.commands is PATTERN else 1
+
+    def _handler(self, link: Link | None) -> Callable[[list[Any]], None]:
+        """The hot loop, for the replies of one read: one message -> one hub.publish; in
+        exact mode, also the confirmations of the link's (UN)SUBSCRIBE commands."""
         cut = len(self.prefix)
         publish = self.hub.publish
         stats = self.stats
@@ -229,44 +264,33 @@ class Subscriber:
         too_large = self.max_message_size
         commands = self.commands
         message, subscribed, unsubscribed = commands.message, commands.subscribed, b""
-        at = 2 if commands is PATTERN else 1  # pmessage has the pattern first
-        helpers = [asyncio.create_task(self._watch(pubsub, client), name="wspush-redis-watchdog")]
         if link is not None:
             unsubscribed = commands.unsubscribed
-            flusher = self._flush(link, connection)
-            helpers.append(asyncio.create_task(flusher, name="wspush-redis-subscriptions"))
-        try:
-            while True:
-                if intake is None:
-                    responses = [await read(timeout=math.inf)]
-                else:
-                    responses = await intake.replies()
-                    first = gate.first_to_deliver(len(responses), intake.behind)
-                    if first:  # behind Redis: the oldest go, counted
-                        responses = [*self._shed(responses[:first], at), *responses[first:]]
-                self.replies += len(responses)
-                received = monotonic()  # for every message of this read
-                for response in responses:
-                    kind = response[0]
-                    if kind == message:
-                        channel = response[at]
-                        if len(channel) > longest and channel.startswith(probes):
-                            # A health probe: ours, or another relay's on the same Redis.
-                            self.probe_seen = self.probe_seen or channel == probe
-                            continue
-                        stats.messages_seen += 1
-                        data = response[at + 1]
-                        if len(data) > too_large:
-                            self._drop_too_large(channel, len(data))
-                        else:
-                            publish(channel[cut:], data, received)
-                    elif link is not None and kind in (subscribed, unsubscribed):
-                        channel = response[1]
-                        if channel != probe and not link.replied(channel[cut:], kind == subscribed):
-                            self._dropped_by_redis(channel)
-        finally:
-            for helper in helpers:
-                helper.cancel()
+        at = self.at
+
+        def handle(responses: list[Any]) -> None:
+            self.replies += len(responses)
+            received = monotonic()  # for every message of this read
+            for response in responses:
+                kind = response[0]
+                if kind == message:
+                    channel = response[at]
+                    if len(channel) > longest and channel.startswith(probes):
+                        # A health probe: ours, or another relay's on the same Redis.
+                        self.probe_seen = self.probe_seen or channel == probe
+                        continue
+                    stats.messages_seen += 1
+                    data = response[at + 1]
+                    if len(data) > too_large:
+                        self._drop_too_large(channel, len(data))
+                    else:
+                        publish(channel[cut:], data, received)
+                elif link is not None and kind in (subscribed, unsubscribed):
+                    channel = response[1]
+                    if channel != probe and not link.replied(channel[cut:], kind == subscribed):
+                        self._dropped_by_redis(channel)
+
+        return handle
 
     def _shed(self, responses: list[Any], at: int) -> list[Any]:
         """Drop these messages unread, counting them per token (one lost delivery per

@@ -29,7 +29,13 @@ CHECKED = (
 
 # Upstream names the engine calls or overrides: module, then attributes (dotted).
 REQUIRED = {
-    "httptools": ["HttpRequestParser.set_dangerous_leniencies"],
+    "httptools": [
+        "HttpRequestParser.set_dangerous_leniencies",
+        "HttpRequestParser.should_keep_alive",
+        "HttpParserUpgrade",
+        "HttpParserError",
+        "parse_url",
+    ],
     "uvicorn.logging": ["TRACE_LOG_LEVEL"],
     "uvicorn.server": ["ServerState"],
     "uvicorn.protocols.http.flow_control": ["FlowControl.drain"],
@@ -41,6 +47,7 @@ REQUIRED = {
         "HttpToolsProtocol.connection_made",
         "HttpToolsProtocol.data_received",
         "HttpToolsProtocol.on_headers_complete",
+        "HttpToolsProtocol.on_response_complete",
         "RequestResponseCycle.send",
         "STATUS_LINE",
     ],

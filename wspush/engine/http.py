@@ -245,6 +245,9 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
         self.upgrade_of: list[tuple[bytes, bytes]] | None = None  # the headers `upgrading` is of
         self.upgrading = False
         self.stream: TaskFreeStream | None = None  # an SSE stream opened without a task
+        # What the app added to the scope of the first request before `FrontProtocol`
+        # handed the connection over (see `wspush.engine.front`), for that request's.
+        self.carried_scope: dict[str, Any] | None = None
         # Bytes the request head being read may still take; None once it is complete.
         self.head_room: int | None = request_head_limit(server_state, self.app)
 
@@ -360,6 +363,9 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
         cycle.message_event = LightEvent(cycle.message_event.is_set())  # type: ignore[assignment]
         writer = HTTPDirectWriter(cycle)
         scope: Any = cycle.scope
+        carried, self.carried_scope = self.carried_scope, None
+        if carried:
+            scope.update(carried)
         scope["extensions"] = {
             **(scope.get("extensions") or {}),
             DIRECT_WRITE: {"writer": writer},
