@@ -496,25 +496,33 @@ class Subscription:
 
 
 class WriteBatch:
-    """Connections with direct writes pending, flushed once the current callback ends.
+    """Connections with direct writes pending, flushed once the current work is done.
 
-    The Redis reader handles every message of one socket read without yielding, so a
-    flush scheduled with `call_soon` runs after the whole read: a connection that got
-    several messages from it makes one system call instead of several. When messages
-    trickle in one per read, this costs one callback and adds no waiting.
+    The Redis reader handles every message of one socket read in one go and then
+    flushes (`hold`, then `flush`): a connection that got several messages from it makes
+    one system call instead of several, and a read of one message adds no waiting.
+    Other deliveries (heartbeats, replays) are flushed by a `call_soon` callback, after
+    the callback that made them.
     """
 
     def __init__(self, latency: LatencyHistogram, stats: Stats) -> None:
         self._pending: list[Subscription] = []
         self._since = 0.0  # when the first write of this batch was queued
+        self._held = False  # the caller flushes when it is done (see `hold`)
         self.latency = latency
         self.stats = stats
 
     def add(self, subscription: Subscription) -> None:
         if not self._pending:
-            asyncio.get_running_loop().call_soon(self.flush)
+            if not self._held:
+                asyncio.get_running_loop().call_soon(self.flush)
             self._since = time.monotonic()
         self._pending.append(subscription)
+
+    def hold(self) -> None:
+        """The caller is about to deliver a Redis read's messages and will `flush` right
+        after: no callback is scheduled for this batch."""
+        self._held = True
 
     def flush(self) -> None:
         """Write what `deliver` collected for each connection, in one call each.
@@ -523,6 +531,7 @@ class WriteBatch:
         arrived in one Redis read and left together. Totals are kept in locals and
         added once, as this runs for every connection that got something.
         """
+        self._held = False
         pending, self._pending = self._pending, []
         items = sent = 0
         for subscription in pending:

@@ -267,10 +267,18 @@ class Subscriber:
         if link is not None:
             unsubscribed = commands.unsubscribed
         at = self.at
+        batch = self.hub.batch
 
         def handle(responses: list[Any]) -> None:
             self.replies += len(responses)
             received = monotonic()  # for every message of this read
+            batch.hold()  # the read's writes go out when it is handled, below
+            try:
+                deliver(responses, received)
+            finally:
+                batch.flush()
+
+        def deliver(responses: list[Any], received: float) -> None:
             for response in responses:
                 kind = response[0]
                 if kind == message:
