@@ -256,10 +256,13 @@ def channel_tag(channel: bytes) -> bytes:
     return hashlib.sha1(channel).hexdigest()[:8].encode()
 
 
+ORIGIN = ((0, 0), (0, 0))  # the epoch and entry of `origin`
+
+
 def origin(channel: bytes) -> Position:
     """The position of a client that came while its token had no history: before the
     first message of whatever epoch comes next."""
-    return Position(channel_tag(channel), (0, 0), (0, 0))
+    return Position(channel_tag(channel), *ORIGIN)
 
 
 def entry_key(entry: bytes) -> tuple[int, int]:
@@ -292,7 +295,7 @@ def replay_of(
     newest = replies[0]
     later = replies[1] if len(replies) > 1 else []
     return replay_from(
-        channel,
+        channel_tag(channel),
         claimed,
         position,
         (newest[0][0], epoch_of(*newest[0])) if newest else None,
@@ -311,42 +314,28 @@ def epoch_of(entry: bytes, fields: dict[bytes, bytes]) -> bytes:
 
 
 def replay_from(
-    channel: bytes,
+    tag: bytes,
     claimed: bool,
     position: Position | None,
     newest: tuple[bytes, bytes] | None,
     later: list[Any],
     first_previous: bytes | None,
 ) -> Replay:
-    """The replay for a position, from what was read: the newest entry and its epoch
-    (None: no history); the entries after the position, flat (entry id, epoch,
-    payload, entry id, ...), and the id the first of them names as the one before it.
+    """The replay for a position of the channel with `tag` (see `channel_tag`), from
+    what was read: the newest entry and its epoch (None: no history); the entries after
+    the position, flat (entry id, epoch, payload, entry id, ...); and the id the first
+    of them names as the one before it.
 
-    Only the reads a decision needs are looked at: `newest` when nothing is replayed
-    (a script reads it only then), `later` when the position is this token's.
+    One decision for both ways of reading (a script on one server, a pipeline on a
+    cluster). Only what it needs is looked at: `newest` when nothing is replayed (the
+    script reads it only then), `later` when the position is this token's.
     """
-    tag = channel_tag(channel)
     if not claimed or position is None or position.tag != tag or not later:
-        current = origin(channel) if newest is None else Position.of_entry(tag, *newest)
-        if not claimed:
-            return Replay(current)
-        if position is None or position.tag != tag:
-            return Replay(current, reset=UNKNOWN)
-        return Replay(current, reset="" if current == position else UNKNOWN)
+        return nothing_after(tag, claimed, position, newest)
     last = Position.of_entry(tag, later[-3], later[-2])
-    first_epoch = entry_key(later[1])
-    if position.epoch == position.entry == (0, 0):  # the origin: no history when it came
-        resumes = first_previous == b""
-    else:
-        resumes = first_epoch == position.epoch and first_previous == position.entry_id
-    if not resumes:
-        # Trimmed: the entry before the first one after it is younger than the position
-        # (gone since); anything else names no entry of this history.
-        before = first_previous or b""
-        trimmed = (
-            first_epoch == position.epoch and bool(before) and entry_key(before) > position.entry
-        )
-        return Replay(last, reset=TRIMMED if trimmed else UNKNOWN)
+    reset = why_not_resumed(position, entry_key(later[1]), first_previous)
+    if reset:
+        return Replay(last, reset=reset)
     dot_tag = b"." + tag
     entries = tuple(
         [
@@ -355,6 +344,36 @@ def replay_from(
         ]
     )
     return Replay(last, entries)
+
+
+def nothing_after(
+    tag: bytes, claimed: bool, position: Position | None, newest: tuple[bytes, bytes] | None
+) -> Replay:
+    """The replay when no entry after the position was read: its current position, and
+    a reset unless the client claimed none or is caught up."""
+    current = Position(tag, *ORIGIN) if newest is None else Position.of_entry(tag, *newest)
+    if not claimed:
+        return Replay(current)
+    if position is None or position.tag != tag:
+        return Replay(current, reset=UNKNOWN)
+    return Replay(current, reset="" if current == position else UNKNOWN)
+
+
+def why_not_resumed(
+    position: Position, first_epoch: tuple[int, int], first_previous: bytes | None
+) -> str:
+    """'' when the first entry after a position follows it (it names the position as
+    the one before, in its epoch; after the origin, it names none); else the reset."""
+    if (position.epoch, position.entry) == ORIGIN:  # no history when it came: all is new
+        if first_previous == b"":
+            return ""
+    elif first_epoch == position.epoch and first_previous == position.entry_id:
+        return ""
+    # Trimmed: the entry before the first one after it is younger than the position
+    # (gone since); anything else names no entry of this history.
+    before = first_previous or b""
+    trimmed = first_epoch == position.epoch and bool(before) and entry_key(before) > position.entry
+    return TRIMMED if trimmed else UNKNOWN
 
 
 async def replay_since(client: Any, channel: bytes, claimed: bytes | None) -> Replay:
@@ -419,32 +438,33 @@ return out
 
 
 def script_replays(
-    batch: list[tuple[bytes, bool, Position | None]], reply: list[Any]
+    batch: list[tuple[bytes, bool, Position | None]], tags: list[bytes], reply: list[Any]
 ) -> list[Replay]:
-    """The replay of each (channel, claimed, position) from `READ_SCRIPT`'s reply."""
+    """The replay of each (channel, claimed, position) from `READ_SCRIPT`'s reply;
+    `tags`: the channels' tags."""
     replays: list[Replay] = []
     at = 0
-    for channel, claimed, position in batch:
+    for (_, claimed, position), tag in zip(batch, tags, strict=True):
         count = reply[at]
         if count < 0:
-            replays.append(replay_from(channel, claimed, position, None, [], None))
+            replays.append(replay_from(tag, claimed, position, None, [], None))
             at += 1
         elif count == 0:
             newest = (reply[at + 1], reply[at + 2])
-            replays.append(replay_from(channel, claimed, position, newest, [], None))
+            replays.append(replay_from(tag, claimed, position, newest, [], None))
             at += 3
         else:
             end = at + 2 + 3 * count
             later = reply[at + 2 : end]
-            replays.append(replay_from(channel, claimed, position, None, later, reply[at + 1]))
+            replays.append(replay_from(tag, claimed, position, None, later, reply[at + 1]))
             at = end
     return replays
 
 
-def wanted_after(channel: bytes, position: Position | None) -> bytes:
+def wanted_after(tag: bytes, position: Position | None) -> bytes:
     """What `READ_SCRIPT` reads for a position: the entries after it, when it is one of
-    this token's ('' when not: then only the newest entry matters)."""
-    if position is None or position.tag != channel_tag(channel):
+    the channel's with `tag` ('' when not: then only the newest entry matters)."""
+    if position is None or position.tag != tag:
         return b""
     return position.entry_id
 
@@ -469,9 +489,12 @@ async def read_replays(
             replays += await pipelined_replays(client, batch)
             continue
         keys = [history_key(channel) for channel, _, _ in batch]
-        wanted = b",".join([wanted_after(channel, position) for channel, _, position in batch])
+        tags = [channel_tag(channel) for channel, _, _ in batch]
+        wanted = b",".join(
+            [wanted_after(tag, position) for (_, _, position), tag in zip(batch, tags, strict=True)]
+        )
         reply = await client.register_script(READ_SCRIPT)(keys, [wanted])
-        replays += script_replays(batch, reply)
+        replays += script_replays(batch, tags, reply)
     return replays
 
 

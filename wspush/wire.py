@@ -34,6 +34,8 @@ def sse_event(payload: bytes) -> bytes:
     A line starting with a space gets `data: ` instead of `data:`: EventSource strips one
     leading space, so Go's form would lose it.
     """
+    if b"\n" not in payload:  # one line, as most messages are: nothing to split
+        return (b"data: " if payload[:1] == b" " else b"data:") + payload + b"\n\n"
     lines = payload.split(b"\n")
     return (
         b"".join(
