@@ -188,15 +188,16 @@ class Resumer:
                 self._finish(repair, replay, generation)
 
     async def _gather(self) -> None:
-        """Let the connections of a storm join the read: yield to the event loop while
-        more keep coming, up to `GATHER_SECONDS`. A read costs the same whether it
-        carries one repair or a hundred; a lone reconnect waits one loop iteration."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + GATHER_SECONDS
-        count = 0
-        while count < len(self._pending) < GATHER_MAX and loop.time() < deadline:
-            count = len(self._pending)
-            await asyncio.sleep(0)
+        """Let the connections of a storm join the read: a read costs the same whether
+        it carries one repair or a hundred. A lone reconnect waits one loop iteration;
+        when more came during it, the read waits `GATHER_SECONDS` (asleep, so the loop
+        takes in the rest meanwhile)."""
+        count = len(self._pending)
+        if count >= GATHER_MAX:
+            return
+        await asyncio.sleep(0)
+        if count < len(self._pending) < GATHER_MAX:
+            await asyncio.sleep(GATHER_SECONDS)
 
     def _finish(self, repair: Repair, replay: Replay, generation: int) -> None:
         subscription = repair.subscription
