@@ -12,7 +12,11 @@ For each server command and each transport it:
 2. turns counting on, opens N connections (one per token) with the shared harness's C
    loadgen at a pace valgrind keeps up with, waits for all of them, and turns it off;
 3. prints instructions per connection (the server's idle timers in that window are
-   included; they are a few hundred instructions per connection at most).
+   included; they are a few hundred instructions per connection at most);
+4. with `--unicast M`, then counts again while M messages are published, one per token
+   in turn (so every message is one delivery, as in the harness's unicast workloads), in
+   pipelined bursts of `BURST` so that the relay reads many per socket read, as it does
+   at 20,000 msg/s; and prints instructions per message.
 
     python bench/setup_cost.py --label wspush --cmd "$PWD/.venv/bin/python -m wspush" \
         --label other --cmd "/path/to/other/venv/bin/python -m wspush"
@@ -35,11 +39,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.flood import LOADGEN
 from tests.conftest import RedisServer, free_port, wait_until
 
+BURST = 100  # messages per pipelined burst in --unicast (the harness: ~150 per read at 20k/s)
+BURSTS_PER_SECOND = 10  # what a server under callgrind delivers without falling behind
 CONNECT_RATE = 400  # connections/s: what a server under callgrind answers without timeouts
 INFLIGHT = 16
 START_TIMEOUT = 120.0
@@ -58,20 +66,45 @@ def callgrind_control(pid: int, *options: str) -> None:
     subprocess.run(["callgrind_control", *options, str(pid)], check=True, capture_output=True)
 
 
-def total_instructions(out_prefix: Path) -> int:
-    """The largest `summary:`/`totals:` over the dump files (the dump taken on demand)."""
+def dump_files(out_prefix: Path) -> set[Path]:
+    return set(out_prefix.parent.glob(out_prefix.name + "*"))
+
+
+def total_instructions(paths: set[Path]) -> int:
+    """The largest `summary:`/`totals:` over these dump files (the dump taken on demand)."""
     total = 0
-    for path in out_prefix.parent.glob(out_prefix.name + "*"):
+    for path in paths:
         for line in path.read_text().splitlines():
             if line.startswith(("summary:", "totals:")):
                 total = max(total, int(line.split()[1]))
     return total
 
 
+def publish_unicast(redis_port: int, messages: int, connections: int) -> None:
+    """`messages` messages, one per token in turn (the loadgen's token i is `t<i>`), in
+    pipelined bursts: the way the harness's publisher reaches a relay at a high rate."""
+    client = redis.Redis(port=redis_port)
+    try:
+        for start in range(0, messages, BURST):
+            pipe = client.pipeline(transaction=False)
+            for index in range(start, min(start + BURST, messages)):
+                pipe.publish(f"b.t{index % connections}", b"x" * 64)
+            pipe.execute()
+            time.sleep(1 / BURSTS_PER_SECOND)
+    finally:
+        client.close()
+
+
 def measure(
-    cmd: list[str], mode: str, connections: int, redis_port: int, workdir: Path
+    cmd: list[str],
+    mode: str,
+    connections: int,
+    redis_port: int,
+    workdir: Path,
+    unicast: int = 0,
 ) -> dict[str, Any]:
-    """Instructions per connection for one server command and transport."""
+    """Instructions per connection (and per unicast message) for one server command and
+    transport."""
     port = free_port()
     out = workdir / f"callgrind.{mode}.{port}.out"
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
@@ -100,19 +133,32 @@ def measure(
         time.sleep(1)  # the last handshakes' own work (the endpoint's first steps)
         callgrind_control(server.pid, "-i", "off")
         callgrind_control(server.pid, "-d")
+        setup_dumps = dump_files(out)
         established = json.loads(ready.read_text())["established"]
+        if unicast:
+            callgrind_control(server.pid, "-z")
+            callgrind_control(server.pid, "-i", "on")
+            publish_unicast(redis_port, unicast, connections)
+            time.sleep(2)  # the last burst's deliveries
+            callgrind_control(server.pid, "-i", "off")
+            callgrind_control(server.pid, "-d")
         loadgen.send_signal(10)  # SIGUSR1: drain and report
-        loadgen.communicate(timeout=30)
+        report = json.loads(loadgen.communicate(timeout=30)[0] or b"{}")
     finally:
         server.terminate()
         server.wait(timeout=60)
-    instructions = total_instructions(out)
-    return {
+    row: dict[str, Any] = {
         "mode": mode,
         "connections": connections,
         "established": established,
-        "instructions_per_connection": round(instructions / connections),
+        "instructions_per_connection": round(total_instructions(setup_dumps) / connections),
     }
+    if unicast:
+        row["messages"] = unicast
+        row["received"] = report.get("msgs")
+        publish_dumps = dump_files(out) - setup_dumps
+        row["instructions_per_message"] = round(total_instructions(publish_dumps) / unicast)
+    return row
 
 
 def main() -> int:
@@ -121,6 +167,14 @@ def main() -> int:
     parser.add_argument("--label", action="append", help="a name per --cmd, in order")
     parser.add_argument("--modes", default="ws,sse", help="transports: ws, sse (default both)")
     parser.add_argument("-n", "--connections", type=int, default=1000)
+    parser.add_argument(
+        "--unicast",
+        type=int,
+        default=0,
+        metavar="M",
+        help="also count instructions per message while M messages go one per token",
+    )
+    parser.add_argument("--keep", type=Path, help="write callgrind's files here (to annotate)")
     parser.add_argument("--json", action="store_true", help="one JSON line per result")
     args = parser.parse_args()
     labels = args.label or [f"cmd{i + 1}" for i in range(len(args.cmd))]
@@ -136,22 +190,32 @@ def main() -> int:
         f"per run, one per token, {CONNECT_RATE}/s, {INFLIGHT} in flight",
         flush=True,
     )
-    with tempfile.TemporaryDirectory(prefix="wspush-setup-cost.") as tmp:
+    with tempfile.TemporaryDirectory(prefix="wspush-setup-cost.") as scratch:
+        tmp = str(args.keep or scratch)
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         redis = RedisServer(Path(tmp) / "redis").start()
         try:
             for mode in args.modes.split(","):
                 for label, cmd in zip(labels, args.cmd, strict=True):
-                    row = measure(cmd.split(), mode, args.connections, redis.port, Path(tmp))
+                    row = measure(
+                        cmd.split(), mode, args.connections, redis.port, Path(tmp), args.unicast
+                    )
                     row["label"] = label
                     if args.json:
                         print(json.dumps(row), flush=True)
                     else:
                         per_connection = row["instructions_per_connection"] / 1000
-                        print(
+                        line = (
                             f"{label:<16} {mode:<4} established {row['established']:>6}  "
-                            f"{per_connection:8.1f}k instructions/connection",
-                            flush=True,
+                            f"{per_connection:8.1f}k instructions/connection"
                         )
+                        if args.unicast:
+                            line += (
+                                f"  {row['instructions_per_message'] / 1000:6.1f}k"
+                                f" instructions/message ({row['received']} of"
+                                f" {row['messages']} received)"
+                            )
+                        print(line, flush=True)
         finally:
             redis.kill()
     return 0

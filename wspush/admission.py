@@ -48,7 +48,8 @@ def is_sse_request(scope: Scope) -> bool:
     if scope["path"].endswith("/sse"):
         return True
     return any(
-        name == b"accept" and b"text/event-stream" in value for name, value in scope["headers"]
+        name == b"accept" and value.find(b"text/event-stream") >= 0
+        for name, value in scope["headers"]
     )
 
 

@@ -147,26 +147,29 @@ class Message:
         return beat
 
     @property
-    def text(self) -> str | None:
-        """The payload as text, or None when it is not valid UTF-8."""
-        if self._text is _UNSET:
-            try:
-                self._text = self.payload.decode()
-            except UnicodeDecodeError:
-                self._text = None
+    def is_text(self) -> bool:
+        """Whether the payload is valid UTF-8: SSE and text frames carry nothing else.
+
+        An ASCII payload (most are) is valid without decoding it.
+        """
+        valid = self._text
+        if valid is _UNSET:
+            payload = self.payload
+            valid = self._text = payload.isascii() or decodes_as_utf8(payload)
+            if not valid:
                 logger.warning(
                     "message of %d bytes for token %r is not valid UTF-8: "
                     "not sent to SSE or text-frame clients",
-                    len(self.payload),
+                    len(payload),
                     self.token,
                 )
-        return self._text  # type: ignore[return-value]
+        return valid  # type: ignore[return-value]
 
     @property
     def sse(self) -> bytes | None:
         """The SSE event bytes, or None when the message has no SSE form."""
         if self._sse is _UNSET:
-            if not self.payload or self.text is None:
+            if not self.payload or not self.is_text:
                 self._sse = None
             elif self.id is None:
                 self._sse = sse_event(self.payload)
@@ -208,9 +211,17 @@ class Message:
     def text_frame(self) -> bytes | None:
         """The payload as one text WebSocket frame, or None when it is not UTF-8."""
         if self._text_frame is _UNSET:
-            valid = self.text is not None
+            valid = self.is_text
             self._text_frame = websocket_frame(OPCODE_TEXT, self.payload) if valid else None
         return self._text_frame  # type: ignore[return-value]
+
+
+def decodes_as_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class TokenFull(Exception):
@@ -326,9 +337,12 @@ class Subscription:
             return
         writer = self.writer
         if writer is not None and not self.busy and writer.ready() and self.queue.empty():
-            data = counted(self.stats, message, self.encode(message))  # type: ignore[misc]
+            data = self.encode(message)  # type: ignore[misc]
             if data is None:
+                counted(self.stats, message, data)
                 return
+            if not message.is_heartbeat:
+                self.stats.successful_deliveries += 1  # as `counted` does
             if self.pending is None:
                 self.pending = [data]
                 self.batch.add(self)
@@ -652,22 +666,24 @@ class Hub:
             if self.draining and not self._by_token:
                 self.drained.set()
 
-    def publish(self, token: bytes, payload: bytes) -> None:
+    def publish(self, token: bytes, payload: bytes, received: float | None = None) -> None:
         """Queue a message for every connection of `token`; never blocks.
 
+        `received` is when it came from Redis (now, if not given): the subscriber reads
+        the clock once per socket read, for every message of that read.
         A message published with history comes in an envelope (see `wspush.history`):
         its payload is delivered, with its id.
         """
         subscriptions = self._by_token.get(token)
         if subscriptions is None:
             return
+        if received is None:
+            received = time.monotonic()
         envelope = open_envelope(payload) if payload[:1] == b"\x00" else None
         if envelope is None:
-            message = Message(token, payload, time.monotonic())
+            message = Message(token, payload, received)
         else:
-            message = Message(
-                token, envelope.payload, time.monotonic(), envelope.id, envelope.previous
-            )
+            message = Message(token, envelope.payload, received, envelope.id, envelope.previous)
         for subscription in subscriptions:
             subscription.deliver(message)
 

@@ -23,6 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
+from time import monotonic
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -244,6 +245,7 @@ class Subscriber:
                     if first:  # behind Redis: the oldest go, counted
                         responses = [*self._shed(responses[:first], at), *responses[first:]]
                 self.replies += len(responses)
+                received = monotonic()  # for every message of this read
                 for response in responses:
                     kind = response[0]
                     if kind == message:
@@ -257,7 +259,7 @@ class Subscriber:
                         if len(data) > too_large:
                             self._drop_too_large(channel, len(data))
                         else:
-                            publish(channel[cut:], data)
+                            publish(channel[cut:], data, received)
                     elif link is not None and kind in (subscribed, unsubscribed):
                         channel = response[1]
                         if channel != probe and not link.replied(channel[cut:], kind == subscribed):

@@ -17,6 +17,9 @@ from wspush.settings import decode_base64url
 MAX_TOKEN_BYTES = 64
 DIGEST_SIZES = {"md5": 16, "sha256": 32}
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+# Single bytes as ints: `int in bytes` looks for the byte at once, where `bytes in bytes`
+# first tries (and fails, building a TypeError) to read its argument as an int.
+SEMICOLON, PERCENT = ord(";"), ord("%")
 
 
 class TokenError(ValueError):
@@ -36,7 +39,7 @@ def query_parameter(query_string: bytes, wanted: bytes) -> bytes:
     """The first parameter `wanted` of a query string, decoded as `token_from_query`
     says; empty when there is none."""
     for pair in query_string.split(b"&"):
-        if not pair or b";" in pair:
+        if not pair or SEMICOLON in pair:
             continue
         name, _, value = pair.partition(b"=")
         if query_unescape(name) != wanted:
@@ -49,7 +52,7 @@ def query_parameter(query_string: bytes, wanted: bytes) -> bytes:
 
 def query_unescape(text: bytes) -> bytes | None:
     """Go's `url.QueryUnescape`; None where Go returns an error."""
-    if b"%" not in text:
+    if PERCENT not in text:
         return text.replace(b"+", b" ")
     if _BAD_ESCAPE.search(text):
         return None

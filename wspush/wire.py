@@ -9,13 +9,25 @@ import struct
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
 OPCODE_PING = 0x9
+NEWLINE = ord("\n")
+
+
+# The 2-byte headers of final text and binary frames with a payload under 126 bytes, by
+# length: most messages, so their header is looked up rather than built.
+TEXT_HEADERS = tuple(bytes((0x80 | OPCODE_TEXT, length)) for length in range(126))
+BINARY_HEADERS = tuple(bytes((0x80 | OPCODE_BINARY, length)) for length in range(126))
 
 
 def websocket_frame(opcode: int, payload: bytes) -> bytes:
     """A final, unmasked frame: what a server sends."""
     length = len(payload)
     if length < 126:
-        header = bytes((0x80 | opcode, length))
+        if opcode == OPCODE_TEXT:
+            header = TEXT_HEADERS[length]
+        elif opcode == OPCODE_BINARY:
+            header = BINARY_HEADERS[length]
+        else:
+            header = bytes((0x80 | opcode, length))
     elif length < 1 << 16:
         header = struct.pack("!BBH", 0x80 | opcode, 126, length)
     else:
@@ -34,7 +46,9 @@ def sse_event(payload: bytes) -> bytes:
     A line starting with a space gets `data: ` instead of `data:`: EventSource strips one
     leading space, so Go's form would lose it.
     """
-    if b"\n" not in payload:  # one line, as most messages are: nothing to split
+    # Most messages are one line. (`in` with an int looks for the byte at once; with a
+    # bytes argument it first tries, and fails, to read it as an int.)
+    if NEWLINE not in payload:
         return (b"data: " if payload[:1] == b" " else b"data:") + payload + b"\n\n"
     lines = payload.split(b"\n")
     return (

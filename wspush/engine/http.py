@@ -80,7 +80,14 @@ class HTTPDirectWriter:
         return cycle.response_started and not cycle.response_complete and not cycle.disconnected
 
     def ready(self) -> bool:
-        return self.is_open() and not self.cycle.flow.write_paused
+        # `is_open` and not paused, inline: the hub asks this for every delivery.
+        cycle = self.cycle
+        return (
+            cycle.response_started
+            and not cycle.response_complete
+            and not cycle.disconnected
+            and not cycle.flow.write_paused
+        )
 
     def write(self, data: bytes) -> None:
         self.cycle.transport.write(data)
@@ -166,6 +173,19 @@ def request_head_limit(server_state: ServerState, app: Any) -> int:
     return limit
 
 
+def server_loop(server_state: ServerState) -> asyncio.AbstractEventLoop:
+    """The event loop a server's connections run on, looked up once per server.
+
+    uvicorn asks `asyncio.get_event_loop()` for every connection, and asyncio checks
+    the process id on every call: one `getpid` system call per connection. A server's
+    connections all come from the one loop that runs it.
+    """
+    loop: asyncio.AbstractEventLoop | None = getattr(server_state, "wspush_loop", None)
+    if loop is None:
+        loop = server_state.wspush_loop = asyncio.get_event_loop()  # type: ignore[attr-defined]
+    return loop
+
+
 class HttpToolsDirectProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus the direct-write extension on each request,
     and a limit on the size of a request head.
@@ -195,7 +215,7 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
             config.load()
         self.config = config
         self.app = config.loaded_app
-        self.loop = _loop or asyncio.get_event_loop()
+        self.loop = _loop or server_loop(server_state)
         self.logger = ERROR_LOGGER
         self.access_logger = ACCESS_LOGGER
         self.access_log = ACCESS_LOGGER.hasHandlers()

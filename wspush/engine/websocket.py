@@ -59,7 +59,13 @@ class WebSocketDirectWriter:
         return not protocol.close_sent and not protocol.transport.is_closing()
 
     def ready(self) -> bool:
-        return self.is_open() and self.protocol.writable.is_set()
+        # `is_open` and writable, inline: the hub asks this for every delivery.
+        protocol = self.protocol
+        return (
+            not protocol.close_sent
+            and not protocol.transport.is_closing()
+            and protocol.writable.is_set()
+        )
 
     def write(self, data: bytes) -> None:
         self.protocol.transport.write(data)
