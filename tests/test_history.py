@@ -216,3 +216,40 @@ async def test_a_storm_of_replays_is_read_in_a_few_batches(
     assert stats["cmdstat_xrange"]["calls"] == len(channels)
     connections = client.info("stats")["total_connections_received"]
     assert connections < 10  # one pipeline connection, not one per resume
+
+
+async def test_the_batched_script_and_the_pipeline_give_the_same_replays(
+    server: RedisServer, client: redis.Redis
+) -> None:
+    """One server reads a storm's replays with READ_SCRIPT's flat reply, a cluster with
+    pipelined XREVRANGE and XRANGE: each kind of position gets the same replay both
+    ways (with and without history, trimmed, foreign, garbage, caught up, behind)."""
+    empty = b"example.nobody"
+    publish(client, b"first")
+    ids = [publish(client, b"%d" % n) for n in range(SIZE + 2)]  # the first is trimmed
+    other = publish(client, b"elsewhere", channel=b"example.bob")
+    last = Position.parse(ids[-1])
+    assert last is not None
+    claims: list[tuple[bytes, bytes | None]] = [
+        (channel, claimed)
+        for channel in (CHANNEL, empty)
+        for claimed in (
+            None,
+            b"",
+            b"garbage",
+            other,
+            bytes(origin(channel)),
+            ids[0],  # too old
+            ids[1],  # trimmed, its successor kept
+            ids[3],
+            ids[-1],
+            bytes(Position(last.tag, last.epoch, (last.entry[0], last.entry[1] + 7))),
+            bytes(Position(last.tag, last.epoch, (last.entry[0] - 1, 5))),
+        )
+    ]
+    async with aioredis.Redis.from_url(server.url) as async_client:
+        batched = await history.read_replays(async_client, claims, batch_size=7)
+        single = [await history.replay_since(async_client, *claim) for claim in claims]
+    assert batched == single
+    assert {replay.reset for replay in batched} == {"", TRIMMED, UNKNOWN}
+    assert any(replay.entries for replay in batched)

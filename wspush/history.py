@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from redis.asyncio import RedisCluster
@@ -239,13 +238,13 @@ TRIMMED = "trimmed"
 UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True)
-class Replay:
+class Replay(NamedTuple):
     """What a client resuming from a position gets before live messages.
 
     `current` is the token's last position (its origin when no history is kept).
     `reset` names why the position cannot be resumed from exactly; then nothing is
-    replayed, and the client is told so.
+    replayed, and the client is told so. (A tuple: a reconnect storm makes one per
+    client.)
     """
 
     current: Position
@@ -258,21 +257,19 @@ def channel_tag(channel: bytes) -> bytes:
     return hashlib.sha1(channel).hexdigest()[:8].encode()
 
 
+ORIGIN = ((0, 0), (0, 0))  # the epoch and entry of `origin`
+
+
 def origin(channel: bytes) -> Position:
     """The position of a client that came while its token had no history: before the
     first message of whatever epoch comes next."""
-    return Position(channel_tag(channel), (0, 0), (0, 0))
+    return Position(channel_tag(channel), *ORIGIN)
 
 
 def entry_key(entry: bytes) -> tuple[int, int]:
     """A stream entry id as a number pair, in the order Redis gives them."""
     ms, _, seq = entry.partition(b"-")
     return int(ms), int(seq)
-
-
-def entry_position(tag: bytes, entry: bytes, fields: dict[bytes, bytes]) -> Position:
-    """An entry's position: its epoch is kept in each entry but the first (its own id)."""
-    return Position.of_entry(tag, entry, fields.get(b"e") or entry)
 
 
 def queue_reads(pipe: Any, channel: bytes, position: Position | None) -> None:
@@ -296,36 +293,88 @@ def replay_of(
     channel: bytes, claimed: bool, position: Position | None, replies: list[Any]
 ) -> Replay:
     """The replay for a position from the replies of `queue_reads`."""
-    tag = channel_tag(channel)
     newest = replies[0]
-    current = entry_position(tag, *newest[0]) if newest else origin(channel)
+    later = replies[1] if len(replies) > 1 else []
+    return replay_from(
+        channel_tag(channel),
+        claimed,
+        position,
+        (newest[0][0], epoch_of(*newest[0])) if newest else None,
+        [
+            field
+            for entry, fields in later
+            for field in (entry, epoch_of(entry, fields), fields[b"d"])
+        ],
+        later[0][1].get(b"p") if later else None,
+    )
+
+
+def epoch_of(entry: bytes, fields: dict[bytes, bytes]) -> bytes:
+    """An entry's epoch: kept in each entry but the first, whose epoch is its own id."""
+    return fields.get(b"e") or entry
+
+
+def replay_from(
+    tag: bytes,
+    claimed: bool,
+    position: Position | None,
+    newest: tuple[bytes, bytes] | None,
+    later: list[Any],
+    first_previous: bytes | None,
+) -> Replay:
+    """The replay for a position of the channel with `tag` (see `channel_tag`), from
+    what was read: the newest entry and its epoch (None: no history); the entries after
+    the position, flat (entry id, epoch, payload, entry id, ...); and the id the first
+    of them names as the one before it.
+
+    One decision for both ways of reading (a script on one server, a pipeline on a
+    cluster). Only what it needs is looked at: `newest` when nothing is replayed (the
+    script reads it only then), `later` when the position is this token's.
+    """
+    if not claimed or position is None or position.tag != tag or not later:
+        return nothing_after(tag, claimed, position, newest)
+    last = Position.of_entry(tag, later[-3], later[-2])
+    reset = why_not_resumed(position, entry_key(later[1]), first_previous)
+    if reset:
+        return Replay(last, reset=reset)
+    dot_tag = b"." + tag
+    entries = tuple(
+        [
+            (later[at] + b"." + later[at + 1] + dot_tag, later[at + 2])
+            for at in range(0, len(later), 3)
+        ]
+    )
+    return Replay(last, entries)
+
+
+def nothing_after(
+    tag: bytes, claimed: bool, position: Position | None, newest: tuple[bytes, bytes] | None
+) -> Replay:
+    """The replay when no entry after the position was read: its current position, and
+    a reset unless the client claimed none or is caught up."""
+    current = Position(tag, *ORIGIN) if newest is None else Position.of_entry(tag, *newest)
     if not claimed:
         return Replay(current)
     if position is None or position.tag != tag:
         return Replay(current, reset=UNKNOWN)
-    later = replies[1]
-    if not later:
-        return Replay(current, reset="" if current == position else UNKNOWN)
-    first_entry, first_fields = later[0]
-    first = entry_position(tag, first_entry, first_fields)
-    if position == origin(channel):  # no history when the client came: all is new
-        resumes = first_fields.get(b"p") == b""
-    else:
-        resumes = first.epoch == position.epoch and first_fields.get(b"p") == position.entry_id
-    if not resumes:
-        # Trimmed: the entry before the first one after it is younger than the position
-        # (gone since); anything else names no entry of this history.
-        before = first_fields.get(b"p") or b""
-        trimmed = (
-            first.epoch == position.epoch and bool(before) and entry_key(before) > position.entry
-        )
-        return Replay(entry_position(tag, *later[-1]), reset=TRIMMED if trimmed else UNKNOWN)
-    dot_tag = b"." + tag
-    entries = tuple(
-        (entry + b"." + (fields.get(b"e") or entry) + dot_tag, fields[b"d"])
-        for entry, fields in later
-    )
-    return Replay(entry_position(tag, *later[-1]), entries)
+    return Replay(current, reset="" if current == position else UNKNOWN)
+
+
+def why_not_resumed(
+    position: Position, first_epoch: tuple[int, int], first_previous: bytes | None
+) -> str:
+    """'' when the first entry after a position follows it (it names the position as
+    the one before, in its epoch; after the origin, it names none); else the reset."""
+    if (position.epoch, position.entry) == ORIGIN:  # no history when it came: all is new
+        if first_previous == b"":
+            return ""
+    elif first_epoch == position.epoch and first_previous == position.entry_id:
+        return ""
+    # Trimmed: the entry before the first one after it is younger than the position
+    # (gone since); anything else names no entry of this history.
+    before = first_previous or b""
+    trimmed = first_epoch == position.epoch and bool(before) and entry_key(before) > position.entry
+    return TRIMMED if trimmed else UNKNOWN
 
 
 async def replay_since(client: Any, channel: bytes, claimed: bytes | None) -> Replay:
@@ -338,26 +387,87 @@ async def replay_since(client: Any, channel: bytes, claimed: bytes | None) -> Re
 
 
 # The reads of many replays in one command (one server, not a cluster, where the keys
-# of one call must share a slot): for each key, the newest entry, and the entries after
-# its ARGV position ('' for none wanted).
+# of one call must share a slot). KEYS are the history keys; ARGV[1] is, for each key,
+# the entry id after which its entries are wanted ('' for none), joined with ','. One
+# flat reply, per key: -1 (no history); 0, then the newest entry's id and epoch
+# (nothing after the position); or the count of entries after it, the id its first
+# names as the one before (false: none kept), then id, epoch and payload of each.
+# Flat and without field names, so the relay parses a few strings per replay, not
+# nested arrays.
 READ_SCRIPT = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local newest = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
-  if ARGV[i] == '' then
-    out[i] = {newest}
+local function fields_of(entry)
+  local fields, epoch, previous, payload = entry[2], '', false, false
+  for j = 1, #fields, 2 do
+    local name = fields[j]
+    if name == 'e' then epoch = fields[j + 1]
+    elseif name == 'p' then previous = fields[j + 1]
+    elseif name == 'd' then payload = fields[j + 1] end
+  end
+  if epoch == '' then epoch = entry[1] end
+  return epoch, previous, payload
+end
+local out, n, wanted, at = {}, 0, ARGV[1], 1
+for _, key in ipairs(KEYS) do
+  local comma = string.find(wanted, ',', at, true)
+  local stop = comma and comma - 1 or #wanted
+  local after = string.sub(wanted, at, stop)
+  at = stop + 2
+  local later = {}
+  if after ~= '' then later = redis.call('XRANGE', key, '(' .. after, '+') end
+  if #later > 0 then
+    local _, previous = fields_of(later[1])
+    out[n + 1], out[n + 2] = #later, previous
+    n = n + 2
+    for _, entry in ipairs(later) do
+      local epoch, _, payload = fields_of(entry)
+      out[n + 1], out[n + 2], out[n + 3] = entry[1], epoch, payload
+      n = n + 3
+    end
   else
-    out[i] = {newest, redis.call('XRANGE', key, '(' .. ARGV[i], '+')}
+    local newest = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+    if #newest == 0 then
+      out[n + 1] = -1
+      n = n + 1
+    else
+      out[n + 1], out[n + 2], out[n + 3] = 0, newest[1][1], (fields_of(newest[1]))
+      n = n + 3
+    end
   end
 end
 return out
 """
 
 
-def as_entries(raw: list[Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """Stream entries as a script returns them ([id, [field, value, ...]]), in the shape
-    redis-py gives XRANGE's: (id, {field: value})."""
-    return [(entry, dict(zip(fields[::2], fields[1::2], strict=True))) for entry, fields in raw]
+def script_replays(
+    batch: list[tuple[bytes, bool, Position | None]], tags: list[bytes], reply: list[Any]
+) -> list[Replay]:
+    """The replay of each (channel, claimed, position) from `READ_SCRIPT`'s reply;
+    `tags`: the channels' tags."""
+    replays: list[Replay] = []
+    at = 0
+    for (_, claimed, position), tag in zip(batch, tags, strict=True):
+        count = reply[at]
+        if count < 0:
+            replays.append(replay_from(tag, claimed, position, None, [], None))
+            at += 1
+        elif count == 0:
+            newest = (reply[at + 1], reply[at + 2])
+            replays.append(replay_from(tag, claimed, position, newest, [], None))
+            at += 3
+        else:
+            end = at + 2 + 3 * count
+            later = reply[at + 2 : end]
+            replays.append(replay_from(tag, claimed, position, None, later, reply[at + 1]))
+            at = end
+    return replays
+
+
+def wanted_after(tag: bytes, position: Position | None) -> bytes:
+    """What `READ_SCRIPT` reads for a position: the entries after it, when it is one of
+    the channel's with `tag` ('' when not: then only the newest entry matters)."""
+    if position is None or position.tag != tag:
+        return b""
+    return position.entry_id
 
 
 async def read_replays(
@@ -377,22 +487,29 @@ async def read_replays(
             for channel, claimed in requests[start : start + batch_size]
         ]
         if cluster:
-            pipe = client.pipeline(transaction=False)
-            for channel, _, position in batch:
-                queue_reads(pipe, channel, position)
-            flat = await pipe.execute()
-            replies, at = [], 0
-            for _, _, position in batch:
-                count = 1 if position is None else 2
-                replies.append(flat[at : at + count])
-                at += count
-        else:
-            keys = [history_key(channel) for channel, _, _ in batch]
-            wanted = [b"" if position is None else position.entry_id for _, _, position in batch]
-            raw = await client.register_script(READ_SCRIPT)(keys, wanted)
-            replies = [[as_entries(part) for part in reply] for reply in raw]
-        replays += [
-            replay_of(channel, claimed, position, reply)
-            for (channel, claimed, position), reply in zip(batch, replies, strict=True)
-        ]
+            replays += await pipelined_replays(client, batch)
+            continue
+        keys = [history_key(channel) for channel, _, _ in batch]
+        tags = [channel_tag(channel) for channel, _, _ in batch]
+        wanted = b",".join(
+            [wanted_after(tag, position) for (_, _, position), tag in zip(batch, tags, strict=True)]
+        )
+        reply = await client.register_script(READ_SCRIPT)(keys, [wanted])
+        replays += script_replays(batch, tags, reply)
+    return replays
+
+
+async def pipelined_replays(
+    client: Any, batch: list[tuple[bytes, bool, Position | None]]
+) -> list[Replay]:
+    """`read_replays` on a cluster: the reads of `queue_reads`, in one pipeline."""
+    pipe = client.pipeline(transaction=False)
+    for channel, _, position in batch:
+        queue_reads(pipe, channel, position)
+    flat = await pipe.execute()
+    replays, at = [], 0
+    for channel, claimed, position in batch:
+        count = 1 if position is None else 2
+        replays.append(replay_of(channel, claimed, position, flat[at : at + count]))
+        at += count
     return replays

@@ -48,6 +48,8 @@ from wspush.wire import meta_frame_payload
 logger = logging.getLogger("wspush.resume")
 
 RETRY_SECONDS = 1.0  # between history reads while Redis does not answer
+GATHER_SECONDS = 0.002  # the longest a read waits for more repairs to join it
+GATHER_MAX = 1000  # repairs that make a read go at once
 RESET_EVENT = b"wspush-reset"
 POSITION_EVENT = b"wspush-position"
 
@@ -166,6 +168,7 @@ class Resumer:
     async def _work(self) -> None:
         """Read and hand over everything queued, in batches, until nothing is left."""
         while self._pending:
+            await self._gather()
             batch = [repair for repair in self._pending if repair.subscription.history is self]
             self._pending = []
             if not batch:
@@ -183,6 +186,18 @@ class Resumer:
                 continue
             for repair, replay in zip(batch, replays, strict=True):
                 self._finish(repair, replay, generation)
+
+    async def _gather(self) -> None:
+        """Let the connections of a storm join the read: a read costs the same whether
+        it carries one repair or a hundred. A lone reconnect waits one loop iteration;
+        when more came during it, the read waits `GATHER_SECONDS` (asleep, so the loop
+        takes in the rest meanwhile)."""
+        count = len(self._pending)
+        if count >= GATHER_MAX:
+            return
+        await asyncio.sleep(0)
+        if count < len(self._pending) < GATHER_MAX:
+            await asyncio.sleep(GATHER_SECONDS)
 
     def _finish(self, repair: Repair, replay: Replay, generation: int) -> None:
         subscription = repair.subscription
