@@ -207,8 +207,8 @@ class Subscriber:
                     return
 
     async def _relay(self, pubsub: Any, client: aioredis.Redis, link: Link | None) -> None:
-        """Relay until the connection ends: every reply to `_handle`, with the watchdog
-        (and in exact mode the flusher) beside it.
+        """Relay until the connection ends: every reply to the `_handler`, with the
+        watchdog (and in exact mode the flusher) beside it.
 
         It reads the connection directly, with no timeout per read (redis-py's
         get_message() builds a dict and arms a timer for every message); the watchdog
@@ -217,35 +217,39 @@ class Subscriber:
         messages.
         """
         connection = pubsub.connection
+        handle = self._handler(link)
         helpers = [asyncio.create_task(self._watch(pubsub, client), name="wspush-redis-watchdog")]
         if link is not None:
             flusher = self._flush(link, connection)
             helpers.append(asyncio.create_task(flusher, name="wspush-redis-subscriptions"))
         try:
             if ReplyIntake.usable(connection):
-                gate = FloodGate()
-                handle = self._handler(link)
-
-                def handle_read(responses: list[Any]) -> None:
-                    first = gate.first_to_deliver(len(responses), intake.behind)
-                    if first:  # behind Redis: the oldest go, counted
-                        responses = [*self._shed(responses[:first], self.at), *responses[first:]]
-                    handle(responses)
-
-                intake = ReplyIntake(connection, handle_read)
-                intake.start()
-                try:
-                    await intake.closed()
-                finally:
-                    intake.stop()
+                await self._relay_reads(connection, handle)
             else:  # no hiredis: one reply at a time, through redis-py
-                handle = self._handler(link)
                 read = connection.read_response
                 while True:
                     handle([await read(timeout=math.inf)])
         finally:
             for helper in helpers:
                 helper.cancel()
+
+    async def _relay_reads(self, connection: Any, handle: Callable[[list[Any]], None]) -> None:
+        """Every socket read's replies to `handle`, in the event loop's read callback,
+        less what the flood gate sheds while the relay is behind Redis."""
+        gate = FloodGate()
+
+        def handle_read(responses: list[Any]) -> None:
+            first = gate.first_to_deliver(len(responses), intake.behind)
+            if first:  # behind Redis: the oldest go, counted
+                responses = [*self._shed(responses[:first], self.at), *responses[first:]]
+            handle(responses)
+
+        intake = ReplyIntake(connection, handle_read)
+        intake.start()
+        try:
+            await intake.closed()
+        finally:
+            intake.stop()
 
     @property
     def at(self) -> int:
