@@ -107,6 +107,8 @@ class FrontProtocol(asyncio.Protocol):
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        if not config.loaded:  # as uvicorn's protocols do
+            config.load()
         self.config = config
         self.server_state = server_state
         self.app_state = app_state
