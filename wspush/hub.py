@@ -337,12 +337,9 @@ class Subscription:
             return
         writer = self.writer
         if writer is not None and not self.busy and writer.ready() and self.queue.empty():
-            data = self.encode(message)  # type: ignore[misc]
+            data = counted(self.stats, message, self.encode(message))  # type: ignore[misc]
             if data is None:
-                counted(self.stats, message, data)
                 return
-            if not message.is_heartbeat:
-                self.stats.successful_deliveries += 1  # as `counted` does
             if self.pending is None:
                 self.pending = [data]
                 self.batch.add(self)
