@@ -113,9 +113,14 @@ async def test_a_dead_worker_is_replaced_and_its_counts_are_kept(
         "a replacement worker",
     )
     wait_until(lambda: relay_subscriptions(fresh_redis) == 2, 20, "two subscriptions again")
+    # The replacement reports from its first snapshot on, a snapshot interval at most.
+    wait_until(
+        lambda: value(scrape(f"{server.url}/metrics"), "wspush_processes") == 2,
+        10,
+        "both workers reporting",
+    )
     samples = scrape(f"{server.url}/metrics")
     assert value(samples, "wspush_deliveries_total") == 4  # the dead worker's share kept
-    assert value(samples, "wspush_processes") == 2
 
 
 async def test_sigterm_stops_every_worker_and_closes_websockets_with_1001(
