@@ -26,7 +26,7 @@ from tests.test_engine import (
 )
 from tests.test_factory import ready
 from wspush import Settings
-from wspush.engine.front import FrontProtocol
+from wspush.engine.front import HTTP_SCOPE_KEYS, FrontProtocol
 from wspush.engine.http import HttpToolsDirectProtocol
 
 pytestmark = pytest.mark.anyio
@@ -137,6 +137,9 @@ def first_requests(token: str) -> dict[str, bytes]:
         "another upgrade": "GET /?token=a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
         "Upgrade: h2c\r\n\r\n",
         "Connection: close": f"{sse}Connection: close\r\n\r\n",
+        "close among options": f"{sse}Connection: keep-alive, Close\r\n\r\n",
+        "a repeated header": f"{sse}Accept: text/event-stream\r\nAccept: */*\r\n\r\n",
+        "a folded header": f"{sse}X-A: a\r\n b\r\n\r\n",
         "a long head": f"{sse}X-Pad: {'p' * 2000}\r\n\r\n",
     }  # fmt: skip
 
@@ -153,6 +156,9 @@ def first_requests(token: str) -> dict[str, bytes]:
         "Expect",
         "another upgrade",
         "Connection: close",
+        "close among options",
+        "a repeated header",
+        "a folded header",
         "a long head",
     ],
 )
@@ -200,20 +206,28 @@ def recording_server(root_path: str) -> Iterator[tuple[RecordingApp, int]]:
         yield app, port
 
 
+ODD_HEADERS = (
+    "Accept: */*\r\nX-Spaces:   padded \t \r\nX-Empty:\r\nX-Colons: a:b: c\r\n"
+    "X-Tab:\ta\tb\r\nMiXeD-CaSe: Value\r\n"
+)
+
+
 @pytest.mark.parametrize("root_path", ["", "/push"])
 @pytest.mark.parametrize("target", ["/sse?token=a", "/a%2Fb/sse?x=%20&token=b", "/"])
+@pytest.mark.parametrize("headers", ["Accept: */*\r\n", ODD_HEADERS])
 async def test_the_scope_it_builds_is_the_one_uvicorns_protocol_builds(
-    root_path: str, target: str
+    root_path: str, target: str, headers: str
 ) -> None:
     """The app gets the same scope from the front protocol as from the HTTP protocol it
-    hands the declined request to (but the direct writer each offers), and what the app
-    added to the first is in the second."""
+    hands the declined request to (but the direct writer each offers), headers and all,
+    and what the app added to the first is in the second."""
     with recording_server(root_path) as (app, port):
-        request = f"GET {target} HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n".encode()
+        request = f"GET {target} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode()
         answer = await exchange(port, request)
         assert answer.endswith(b"carried 1"), answer
     front, handed_over = app.scopes
     assert "carried" not in front
+    assert set(front) == HTTP_SCOPE_KEYS  # what it carries over is the rest
     assert handed_over.pop("carried") == 1
     for scope in (front, handed_over):
         assert set(scope.pop("extensions")) == {

@@ -146,11 +146,23 @@ def _problems() -> list[str]:
     return _restated_constructors()
 
 
+def class_defaults(cls: type) -> set[str]:
+    """The data attributes `cls` itself defines: defaults its instances read until set."""
+    return {
+        name
+        for name, value in vars(cls).items()
+        if not name.startswith("__")
+        and not callable(value)
+        and not isinstance(value, (property, classmethod, staticmethod))
+    }
+
+
 def _restated_constructors() -> list[str]:
     """uvicorn's protocol constructors assign nothing the engine's restatements omit."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+    from wspush.engine.front import StreamCycle
     from wspush.engine.http import HttpToolsDirectProtocol
     from wspush.engine.websocket import WebSocketsSansIODirectProtocol
 
@@ -166,7 +178,14 @@ def _restated_constructors() -> list[str]:
             "WebSocketsSansIOProtocol",
             [WebSocketsSansIOProtocol.__init__, WebSocketsSansIOProtocol.connection_made],
             [WebSocketsSansIODirectProtocol.for_parsed_handshake],
-            {"conn"},  # a property there, built on first use
+            # a property there, built on first use; and the state kept as class defaults
+            {"conn", *class_defaults(WebSocketsSansIODirectProtocol)},
+        ),
+        (
+            "RequestResponseCycle",
+            [RequestResponseCycle.__init__],
+            [StreamCycle.__init__],
+            class_defaults(StreamCycle),
         ),
     ]
     for name, theirs, ours, covered in pairs:

@@ -5,16 +5,17 @@ Nearly every connection a relay accepts is one request that opens a stream and t
 stays: an SSE GET or a WebSocket handshake. uvicorn's HTTP protocol builds for each
 what a general HTTP/1.1 server needs (a pipeline, keep-alive timers, per-header
 callbacks that build the scope as they go, and for an upgrade, a second scope).
-`FrontProtocol` parses the first head with httptools and, when it is one wspush's app
-opens at once (see `wspush.contract.TaskFreeStream`), opens it from what it parsed:
+`FrontProtocol` has httptools check the first head, with no callbacks, reads it in one
+pass once it is whole, and, when it is one wspush's app opens at once (see
+`wspush.contract.TaskFreeStream`), opens it from what it read:
 - a plain WebSocket handshake goes to `WebSocketsSansIODirectProtocol.for_parsed_handshake`,
   as `HttpToolsDirectProtocol` hands it over;
-- an SSE GET is served on uvicorn's own `RequestResponseCycle`, as in
+- an SSE GET is served on uvicorn's own request cycle (`StreamCycle`), as in
   `HttpToolsDirectProtocol._open_without_task`, and when the stream ends, the
   connection goes on under `HttpToolsDirectProtocol`.
 
-Anything else (another method or path, a body, HTTP/1.0, pipelined bytes, a head the
-app refuses or that is over the limit, a parse error) is handed to
+Anything else (another method or path, a body, HTTP/1.0, pipelined bytes, a repeated
+header, a head the app refuses or that is over the limit, a parse error) is handed to
 `HttpToolsDirectProtocol` before anything is answered: it gets the connection, then the
 bytes as received, so every answer and edge case is that protocol's, and so uvicorn's.
 What the app added to the scope before declining (a refusal it decided) is carried over
@@ -25,16 +26,17 @@ Upstream touched (checked against uvicorn 0.54.0 and httptools 0.9.0, as
 (`config`, `server_state`, `app_state`, `_loop`); `Config.loaded_app`, `root_path`,
 `asgi_version`, `limit_concurrency`, `ws_per_message_deflate`, `ws_protocol_class`;
 `ServerState.connections`, `tasks`, `default_headers`, `total_requests`;
-`RequestResponseCycle`'s constructor and `send`, `response_complete`, `keep_alive`,
-`more_body`, `disconnected`, `message_event`; httptools' `HttpRequestParser`
-(`feed_data`, `get_method`, `get_http_version`, `should_keep_alive`,
-`HttpParserUpgrade`, `HttpParserError`) and `parse_url`.
+`RequestResponseCycle`'s constructor (restated by `StreamCycle`) and `send`,
+`response_complete`, `keep_alive`, `more_body`, `disconnected`, `message_event`;
+httptools' `HttpRequestParser` (`feed_data`, `HttpParserUpgrade`, `HttpParserError`,
+and that a value it passes has no leading whitespace) and `parse_url`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -44,7 +46,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.server import ServerState
 
 from wspush.contract import DIRECT_WRITE, HEAD_LIMITED, TaskFreeStream
-from wspush.engine.handshake import plain_handshake_key
+from wspush.engine.handshake import handshake_key
 from wspush.engine.heads import response_heads
 from wspush.engine.http import (
     ACCESS_LOGGER,
@@ -52,7 +54,6 @@ from wspush.engine.http import (
     HTTPDirectWriter,
     HttpToolsDirectProtocol,
     LightFlowControl,
-    has_request_body,
     request_head_limit,
     server_loop,
     transport_addresses,
@@ -61,8 +62,73 @@ from wspush.engine.proxy import open_without_task
 from wspush.engine.websocket import LIMITED, WebSocketsSansIODirectProtocol
 from wspush.lightweight import LightEvent
 
-# What the parser of a connection's first head has found.
-READING, COMPLETE, UPGRADE, HAND_OVER = range(4)
+# What `_http_scope` and `_open_sse` put in a scope: anything else the app added.
+HTTP_SCOPE_KEYS = frozenset(
+    (
+        "type",
+        "asgi",
+        "http_version",
+        "server",
+        "client",
+        "scheme",
+        "root_path",
+        "headers",
+        "state",
+        "method",
+        "path",
+        "raw_path",
+        "query_string",
+        "extensions",
+    )
+)
+
+
+class NoCallbacks:
+    """What httptools' parser of a first head reports to: nothing (see `_open`)."""
+
+    __slots__ = ()
+
+
+NO_CALLBACKS = NoCallbacks()
+
+
+class StreamCycle(RequestResponseCycle):
+    """uvicorn's request cycle, for an SSE stream the front protocol opens: a whole GET
+    (no body to come), kept alive, without an access log.
+
+    Its constructor is uvicorn's for those arguments, restated: what every such cycle
+    starts with is a class attribute, so an instance holds only its own (a stream keeps
+    its cycle for hours; `wspush.engine.compat` checks that nothing of uvicorn's is left
+    out). What the hub reads for every delivery is the instance's own, which is quicker.
+    """
+
+    logger = ERROR_LOGGER
+    access_logger = ACCESS_LOGGER
+    access_log = False
+    keep_alive = True
+    waiting_for_100_continue = False
+    more_body = False
+    chunked_encoding: bool | None = None
+    expected_content_length = 0
+
+    def __init__(
+        self,
+        scope: Any,
+        transport: asyncio.Transport,
+        flow: LightFlowControl,
+        default_headers: list[tuple[bytes, bytes]],
+        on_response: Callable[..., None],
+    ) -> None:
+        self.scope = scope
+        self.transport = transport
+        self.flow = flow
+        self.default_headers = default_headers
+        self.on_response = on_response
+        self.message_event = LightEvent(True)  # type: ignore[assignment]  # the request is whole
+        self.body = bytearray()
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
 
 
 class FrontProtocol(asyncio.Protocol):
@@ -88,13 +154,11 @@ class FrontProtocol(asyncio.Protocol):
         "logger",
         "loop",
         "parser",
-        "plain_get",
         "reading_paused",
         "received",
         "scheme",
         "server",
         "server_state",
-        "state",
         "stream",
         "transport",
         "url",
@@ -123,10 +187,8 @@ class FrontProtocol(asyncio.Protocol):
         self.flow: LightFlowControl | None = None
         self.received = b""  # the first head's bytes, for a hand-over
         self.parser: httptools.HttpRequestParser | None = None
-        self.state = READING
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.plain_get = False  # a GET over HTTP/1.1, keeping or upgrading the connection
         self.cycle: RequestResponseCycle | None = None  # an SSE stream's, once open
         self.stream: TaskFreeStream | None = None
         self.held = b""  # what the client sent after an SSE request, for after it
@@ -155,13 +217,18 @@ class FrontProtocol(asyncio.Protocol):
         if len(self.received) > request_head_limit(self.server_state, self.app):
             self.hand_over()  # which answers 431
             return
-        self._parse(data)
-        if self.state == COMPLETE:
-            self._open_sse()
-        elif self.state == UPGRADE:
-            self._open_websocket()
-        elif self.state == HAND_OVER:
-            self.hand_over()
+        upgrade = self._parse(data)
+        if upgrade is None:
+            self.hand_over()  # which answers 400
+            return
+        received = self.received
+        end = received.find(b"\r\n\r\n")
+        if end < 0:
+            return  # the rest of the head is still to come
+        if end + 4 != len(received):
+            self.hand_over()  # a body, a pipelined request, or frames before the 101
+            return
+        self._open(received[:end], upgrade)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
@@ -193,123 +260,107 @@ class FrontProtocol(asyncio.Protocol):
         else:
             self.cycle.keep_alive = False
 
-    # -- httptools' callbacks -----------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self.url:  # a second request in the first read: pipelining is for uvicorn's
-            self.state = HAND_OVER
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        # Asked here: once the message is complete, the parser has moved on from it.
-        parser: Any = self.parser
-        self.plain_get = (
-            parser.get_method() == b"GET"
-            and parser.get_http_version() == "1.1"
-            and (parser.should_upgrade() or parser.should_keep_alive())
-        )
-
-    def on_message_complete(self) -> None:
-        if self.state == READING:
-            self.state = COMPLETE
-
     # -- the first request ----------------------------------------------------------------
 
-    def _parse(self, data: bytes) -> None:
+    def _parse(self, data: bytes) -> bool | None:
+        """Feed httptools' parser, which checks the head as uvicorn's protocol would have
+        it checked: whether it asks for an upgrade, or None for a head it rejects."""
         parser = self.parser
         if parser is None:
-            parser = self.parser = httptools.HttpRequestParser(self)
+            parser = self.parser = httptools.HttpRequestParser(NO_CALLBACKS)
         try:
             parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            # Bytes after the head (frames sent before the 101) are for uvicorn's path.
-            upgraded_at = upgrade.args[0] if upgrade.args else len(data)
-            self.state = UPGRADE if upgraded_at == len(data) else HAND_OVER
+        except httptools.HttpParserUpgrade:
+            return True
         except httptools.HttpParserError:
-            self.state = HAND_OVER  # which answers 400
-            return
-        if self.state in (COMPLETE, UPGRADE) and not self._plain_request():
-            self.state = HAND_OVER
+            return None
+        return False
 
-    def _plain_request(self) -> bool:
+    def _open(self, head: bytes, upgrade: bool) -> None:
+        """Open the stream a whole head the parser accepted asks for, or hand it over.
+
+        The parser has checked its syntax, so the head is read here in one go rather
+        than through a Python callback per header: a request line of three parts, then
+        `name: value` lines (httptools gives a value without its leading whitespace).
+        """
+        lines = head.split(b"\r\n")
+        request_line = lines[0].split(b" ")
+        headers = [
+            (name.lower(), value.lstrip(b" \t"))
+            for name, _, value in [line.partition(b":") for line in lines[1:]]
+        ]
+        self.headers = headers
+        fields = dict(headers)
+        if (
+            len(request_line) != 3
+            or request_line[0] != b"GET"
+            or request_line[2] != b"HTTP/1.1"
+            or len(fields) != len(headers)  # a repeated header: uvicorn's path decides
+            or not self._plain_request(fields)
+        ):
+            self.hand_over()
+            return
+        self.url = request_line[1]
+        if upgrade:
+            self._open_websocket(fields)
+        else:
+            self._open_sse()
+
+    def _plain_request(self, fields: dict[bytes, bytes]) -> bool:
         """A GET over HTTP/1.1 keeping its connection (or upgrading it), without a body
         or `Expect`, on a server under any concurrency limit: what a stream opens from."""
+        connection = fields.get(b"connection")
         limit = self.config.limit_concurrency
         return (
-            self.plain_get
+            (connection is None or connection.lower().find(b"close") < 0)
+            and b"transfer-encoding" not in fields
+            and fields.get(b"content-length", b"0") == b"0"
+            and b"expect" not in fields
             and (limit is None or not self._over_concurrency_limit(limit))
-            and not has_request_body(self.headers)
-            and all(name != b"expect" for name, _ in self.headers)
         )
 
     def _over_concurrency_limit(self, limit: int) -> bool:
         tasks = self.server_state.tasks
         return len(self.connections) >= limit or len(tasks) >= limit
 
-    def _open_websocket(self) -> None:
+    def _open_websocket(self, fields: dict[bytes, bytes]) -> None:
         """A plain handshake to wspush's WebSocket protocol, as `HttpToolsDirectProtocol`
-        hands one over; anything else is that protocol's."""
-        ws_class = self.config.ws_protocol_class
+        hands one over; anything else is that protocol's.
+
+        `handshake_key` asks for `Upgrade: websocket` and a `Connection` listing
+        `upgrade`, so what it accepts, uvicorn's own test takes for a WebSocket too."""
+        ws_class: Any = self.config.ws_protocol_class
+        key = None
         if (
-            not isinstance(ws_class, type)
-            or not issubclass(ws_class, WebSocketsSansIODirectProtocol)
-            or self.config.ws_per_message_deflate
-            or not self._upgrades_to_websocket()
+            isinstance(ws_class, type)
+            and issubclass(ws_class, WebSocketsSansIODirectProtocol)
+            and not self.config.ws_per_message_deflate
+            and self.url.isascii()
         ):
-            self.hand_over()
-            return
-        key = plain_handshake_key("GET", "1.1", self.url, self.headers)
+            key = handshake_key(fields)
         if key is None:
             self.hand_over()
             return
         self.connections.discard(self)
-        protocol = ws_class.for_parsed_handshake(self)  # type: ignore[arg-type]
+        protocol = ws_class.for_parsed_handshake(self)
         protocol.open_parsed(self.url, self.headers, key)
         self.transport.set_protocol(protocol)
         self.parser = None
-
-    def _upgrades_to_websocket(self) -> bool:
-        """uvicorn's test: `Connection` lists `upgrade` and `Upgrade` is `websocket`."""
-        connection: list[bytes] = []
-        upgrade = None
-        for name, value in self.headers:
-            if name == b"connection":
-                connection = [token.lower().strip() for token in value.split(b",")]
-            elif name == b"upgrade":
-                upgrade = value.lower()
-        return upgrade == b"websocket" and b"upgrade" in connection
 
     def _open_sse(self) -> None:
         """An SSE stream the app opens at once, on uvicorn's request cycle, as
         `HttpToolsDirectProtocol._open_without_task` opens one; else a hand-over."""
         scope = self._http_scope()
         self.flow = flow = LightFlowControl(self.transport)
-        cycle = RequestResponseCycle(
-            scope=scope,  # type: ignore[arg-type]
-            transport=self.transport,
-            flow=flow,
-            logger=self.logger,
-            access_logger=ACCESS_LOGGER,
-            access_log=False,
-            default_headers=self.server_state.default_headers,
-            message_event=LightEvent(True),  # type: ignore[arg-type]  # the request is whole
-            expect_100_continue=False,
-            keep_alive=True,
-            on_response=self._response_complete,
+        cycle = StreamCycle(
+            scope, self.transport, flow, self.server_state.default_headers, self._response_complete
         )
-        cycle.more_body = False
         writer = HTTPDirectWriter(cycle)
         scope["extensions"] = {DIRECT_WRITE: {"writer": writer}, HEAD_LIMITED: LIMITED}
-        built = set(scope)
         stream: TaskFreeStream | None
         stream, _ = open_without_task(self.app, "open_sse_now", scope, writer)
         if stream is None:
-            self.hand_over({key: scope[key] for key in scope.keys() - built})
+            self.hand_over({key: scope[key] for key in scope.keys() - HTTP_SCOPE_KEYS})
             return
         self.cycle = cycle
         self.parser = None

@@ -25,7 +25,7 @@ import binascii
 import hashlib
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from websockets import http11
 
@@ -37,6 +37,16 @@ SWITCHING_PROTOCOLS = (
     b"Sec-WebSocket-Accept: "
 )
 TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+# Headers a plain handshake has at most once (websockets checks them more closely).
+ONCE = frozenset(
+    (
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"upgrade",
+        b"origin",
+        b"sec-websocket-protocol",
+    )
+)
 
 
 def lift_websockets_head_limits() -> None:
@@ -68,42 +78,32 @@ def plain_handshake_key(
     that asks for a subprotocol, repeats a header websockets wants once, or has anything
     websockets would check more closely, gets None.
     """
-    if method != "GET" or http_version != "1.1":
+    if method != "GET" or http_version != "1.1" or not target.isascii():
         return None
-    if not target.isascii():
-        return None
-    key = version = upgrade = None
-    connection_upgrade = False
-    origins = 0
+    fields: dict[bytes, bytes] = {}
     for name, value in headers:
-        if name == b"sec-websocket-key":
-            if key is not None:
+        if name in fields:
+            if name in ONCE:
                 return None
-            key = value
-        elif name == b"sec-websocket-version":
-            if version is not None:
-                return None
-            version = value
-        elif name == b"upgrade":
-            if upgrade is not None:
-                return None
-            upgrade = value
-        elif name == b"connection":
-            if value.lower() == b"upgrade":  # what nearly every client sends
-                connection_upgrade = True
-                continue
-            for option in value.split(b","):
-                option = option.strip(b" \t")
-                if not TOKEN.fullmatch(option):
-                    return None
-                connection_upgrade = connection_upgrade or option.lower() == b"upgrade"
-        elif name == b"origin":
-            origins += 1
-        elif name == b"sec-websocket-protocol":
-            return None
-    if not connection_upgrade or version != b"13" or origins > 1 or key is None:
+            if name == b"connection":  # options of several lines count as one list
+                value = fields[name] + b"," + value
+        fields[name] = value
+    return handshake_key(fields)
+
+
+def handshake_key(fields: Mapping[bytes, bytes]) -> bytes | None:
+    """`plain_handshake_key` of a GET over HTTP/1.1 whose header names (lowercase) are
+    each given once, as `fields`: the Sec-WebSocket-Key, or None."""
+    if b"sec-websocket-protocol" in fields or fields.get(b"sec-websocket-version") != b"13":
         return None
+    upgrade = fields.get(b"upgrade")
     if upgrade is None or upgrade.lower() != b"websocket":
+        return None
+    connection = fields.get(b"connection")
+    if connection is None or not connection_upgrade(connection):
+        return None
+    key = fields.get(b"sec-websocket-key")
+    if key is None:
         return None
     try:
         # Strict: only the base64 alphabet and correct padding, as websockets checks.
@@ -112,6 +112,19 @@ def plain_handshake_key(
     except binascii.Error:
         return None
     return key
+
+
+def connection_upgrade(connection: bytes) -> bool:
+    """Whether a `Connection` value is a valid list of options that has `upgrade`."""
+    if connection.lower() == b"upgrade":  # what nearly every client sends
+        return True
+    found = False
+    for option in connection.split(b","):
+        option = option.strip(b" \t")
+        if not TOKEN.fullmatch(option):
+            return False
+        found = found or option.lower() == b"upgrade"
+    return found
 
 
 def switching_protocols(

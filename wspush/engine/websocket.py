@@ -5,7 +5,8 @@ Upstream touched (checked against uvicorn 0.54.0 and websockets 17.4;
 `wspush.engine.compat` checks them at start-up, and wspush serves through uvicorn's
 stock protocols if any is missing):
 - `uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol`: its
-  constructor and `connection_made` are restated for a parsed handshake (`config`,
+  constructor and `connection_made` are restated for a parsed handshake, in slots or as
+  class defaults (`config`,
   `app`, `loop`, `logger`, `root_path`, `asgi_version`, `app_state`, `connections`,
   `tasks`, `default_headers`, `queue`, `handshake_initiated`, `handshake_complete`,
   `close_sent`, `disconnected`, `close_timer`, `close_timeout`, `initial_response`,
@@ -26,7 +27,8 @@ stock protocols if any is missing):
 from __future__ import annotations
 
 import logging
-from typing import Any
+from asyncio import TimerHandle
+from typing import Any, Literal
 from urllib.parse import unquote
 
 from uvicorn.logging import TRACE_LOG_LEVEL
@@ -108,14 +110,63 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
     the connection is open (uvicorn keeps both for the connection's life).
     """
 
+    # What a connection sets in its life, in slots: a long-lived connection then has
+    # no attribute dictionary. (uvicorn's class has one; it comes into being only if
+    # something else is set, such as the handshake uvicorn parses on its own path.)
+    __slots__ = (
+        "_conn",
+        "app",
+        "app_state",
+        "asgi_version",
+        "client",
+        "close_sent",
+        "close_timer",
+        "config",
+        "connections",
+        "default_headers",
+        "disconnected",
+        "frames",
+        "handshake_complete",
+        "handshake_initiated",
+        "handshake_key",
+        "logger",
+        "loop",
+        "ping_interval",
+        "ping_timeout",
+        "queue",
+        "read_paused",
+        "root_path",
+        "scheme",
+        "scope",
+        "server",
+        "task_free",
+        "tasks",
+        "transport",
+        "writable",
+    )
+
+    # The rest of uvicorn's state as it starts, for `for_parsed_handshake`: it is set
+    # only on a ping, a pong or a message from the client.
+    close_timeout = 10.0
+    initial_response: tuple[int, list[tuple[str, str]], bytes] | None = None
+    ping_timer: TimerHandle | None = None
+    pong_timer: TimerHandle | None = None
+    pending_ping_payload: bytes | None = None
+    ping_sent_at = 0.0
+    last_ping_rtt = 0.0
+    curr_msg_data_type: Literal["text", "bytes"] = "bytes"
+
     _conn: ServerProtocol | None
+    handshake_key: bytes | None
+    task_free: bool
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._conn = None
+        self.handshake_key = None
+        self.task_free = False  # accepted by `open_websocket_now`, without a task
         super().__init__(*args, **kwargs)
         self.queue = LightQueue()  # type: ignore[assignment]
         self.writable = LightEvent(True)  # type: ignore[assignment]
-        self.handshake_key: bytes | None = None
-        self.task_free = False  # accepted by `open_websocket_now`, without a task
 
     @classmethod
     def for_parsed_handshake(cls, http: HttpToolsProtocol) -> WebSocketsSansIODirectProtocol:
@@ -141,27 +192,20 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         self.tasks = server_state.tasks
         self.default_headers = server_state.default_headers
         self.queue = LightQueue()  # type: ignore[assignment]
+        self.writable = LightEvent(True)  # type: ignore[assignment]
+        self.ping_interval = config.ws_ping_interval
+        self.ping_timeout = config.ws_ping_timeout
+        self.frames = []
         self.handshake_initiated = False
         self.handshake_complete = False
         self.close_sent = False
         self.disconnected = False
         self.close_timer = None
-        self.close_timeout = 10.0
-        self.initial_response = None
         self.read_paused = False
-        self.writable = LightEvent(True)  # type: ignore[assignment]
-        self.ping_interval = config.ws_ping_interval
-        self.ping_timeout = config.ws_ping_timeout
-        self.ping_timer = None
-        self.pong_timer = None
-        self.pending_ping_payload = None
-        self.ping_sent_at = 0.0
-        self.last_ping_rtt = 0.0
-        self.frames = []
-        self.curr_msg_data_type = "bytes"
         self.handshake_key = None
         self.task_free = False
         self._conn = None  # built on first use: see `conn`
+        # The rest of uvicorn's state starts as the class attributes above say.
         # connection_made
         self.connections.add(self)
         self.transport = http.transport
