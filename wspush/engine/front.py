@@ -58,7 +58,7 @@ from wspush.engine.http import (
     server_loop,
     transport_addresses,
 )
-from wspush.engine.proxy import open_without_task
+from wspush.engine.proxy import forwarding_headers, open_without_task
 from wspush.engine.websocket import LIMITED, WebSocketsSansIODirectProtocol
 from wspush.lightweight import LightEvent
 
@@ -304,7 +304,7 @@ class FrontProtocol(asyncio.Protocol):
         if upgrade:
             self._open_websocket(fields)
         else:
-            self._open_sse()
+            self._open_sse(forwarding_headers(fields))
 
     def _plain_request(self, fields: dict[bytes, bytes]) -> bool:
         """A GET over HTTP/1.1 keeping its connection (or upgrading it), without a body
@@ -343,11 +343,11 @@ class FrontProtocol(asyncio.Protocol):
             return
         self.connections.discard(self)
         protocol = ws_class.for_parsed_handshake(self)
-        protocol.open_parsed(self.url, self.headers, key)
+        protocol.open_parsed(self.url, self.headers, key, forwarding_headers(fields))
         self.transport.set_protocol(protocol)
         self.parser = None
 
-    def _open_sse(self) -> None:
+    def _open_sse(self, forwarded: bool) -> None:
         """An SSE stream the app opens at once, on uvicorn's request cycle, as
         `HttpToolsDirectProtocol._open_without_task` opens one; else a hand-over."""
         scope = self._http_scope()
@@ -358,7 +358,7 @@ class FrontProtocol(asyncio.Protocol):
         writer = HTTPDirectWriter(cycle)
         scope["extensions"] = {DIRECT_WRITE: {"writer": writer}, HEAD_LIMITED: LIMITED}
         stream: TaskFreeStream | None
-        stream, _ = open_without_task(self.app, "open_sse_now", scope, writer)
+        stream, _ = open_without_task(self.app, "open_sse_now", scope, writer, forwarded)
         if stream is None:
             self.hand_over({key: scope[key] for key in scope.keys() - HTTP_SCOPE_KEYS})
             return

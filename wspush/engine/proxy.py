@@ -10,6 +10,7 @@ Upstream touched (checked against uvicorn 0.54.0):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -34,7 +35,9 @@ def app_method(app: Any, name: str, scope: dict[str, Any] | None = None) -> tupl
     return method, inner
 
 
-def open_without_task(app: Any, name: str, scope: dict[str, Any], writer: Any) -> tuple[Any, Any]:
+def open_without_task(
+    app: Any, name: str, scope: dict[str, Any], writer: Any, forwarded: bool = True
+) -> tuple[Any, Any]:
     """Ask the app's `name` opener (`open_websocket_now`, `open_sse_now`) for a stream
     that needs no task, if the app has one, and say which app to call otherwise.
 
@@ -42,12 +45,19 @@ def open_without_task(app: Any, name: str, scope: dict[str, Any], writer: Any) -
     middleware would pass it on (applied here, in place), and when it declines, the
     server calls the app past the middleware with that same scope, so whatever the
     opener decided and kept in the scope (a refusal) reaches the app.
+    `forwarded=False` says the head has none of the headers the middleware reads (see
+    `forwarding_headers`), so there is nothing for it to do.
     Returns (the stream or None, the ASGI app to call when None).
     """
-    opener, inner = app_method(app, name, scope)
+    opener, inner = app_method(app, name, scope if forwarded else None)
     if opener is None:
         return None, app
     return opener(scope, writer), inner
+
+
+def forwarding_headers(fields: Mapping[bytes, bytes]) -> bool:
+    """Whether a head (its header names, lowercase) has what the middleware reads."""
+    return b"x-forwarded-for" in fields or b"x-forwarded-proto" in fields
 
 
 def apply_proxy_headers(middleware: ProxyHeadersMiddleware, scope: dict[str, Any]) -> None:

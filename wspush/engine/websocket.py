@@ -236,9 +236,16 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
     def conn(self, conn: ServerProtocol) -> None:
         self._conn = conn
 
-    def open_parsed(self, target: bytes, headers: list[tuple[bytes, bytes]], key: bytes) -> None:
+    def open_parsed(
+        self,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        key: bytes,
+        forwarded: bool = True,
+    ) -> None:
         """Start on a handshake the HTTP protocol parsed and `plain_handshake_key` checked:
-        the scope uvicorn's `handle_connect` would build, without parsing it again."""
+        the scope uvicorn's `handle_connect` would build, without parsing it again.
+        `forwarded=False`: it has no headers for the proxy-headers middleware."""
         self.handshake_initiated = True
         self.handshake_key = key
         raw_path, _, query_string = target.decode("ascii").partition("?")
@@ -262,7 +269,7 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
                 HEAD_LIMITED: LIMITED,  # by the HTTP protocol that parsed it
             },
         }
-        if self._open_without_task():
+        if self._open_without_task(forwarded):
             return
         self.queue.put_nowait({"type": "websocket.connect"})
         # uvicorn's run_asgi: the scope already has the extension, so without the
@@ -271,7 +278,7 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         task.add_done_callback(self.on_task_complete)
         self.tasks.add(task)
 
-    def _open_without_task(self) -> bool:
+    def _open_without_task(self, forwarded: bool) -> bool:
         """Let an app that can (wspush's own) accept the connection without a task.
 
         An idle WebSocket then costs no task and no suspended coroutines, and opening
@@ -280,7 +287,9 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         """
         scope: Any = self.scope
         writer = scope["extensions"][DIRECT_WRITE]["writer"]
-        endpoint, self.app = open_without_task(self.app, "open_websocket_now", scope, writer)
+        endpoint, self.app = open_without_task(
+            self.app, "open_websocket_now", scope, writer, forwarded
+        )
         if endpoint is None:
             return False  # and the task calls `self.app`, past any proxy-headers middleware
         self.queue = endpoint
