@@ -11,7 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wspush.settings import decode_key
-from wspush.tokens import TokenError, authorize, sign, token_from_query, verify
+from wspush.tokens import (
+    TokenError,
+    authorize,
+    query_parameter,
+    sign,
+    token_from_query,
+    verify,
+)
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "hmac-token-vectors.json").read_text())
 
@@ -79,6 +86,13 @@ def test_signed_tokens_verify_and_any_flipped_byte_does_not(key: bytes, payload:
 )
 def test_query_parsing_follows_go_url_parsequery(query: bytes, token: bytes) -> None:
     assert token_from_query(query) == token
+
+
+@given(st.binary(max_size=40) | st.binary(max_size=40).map(lambda tail: b"token=" + tail))
+def test_a_lone_plain_token_is_read_as_the_general_parse_reads_it(query: bytes) -> None:
+    """`token_from_query` reads a query of only `token=VALUE` in one match; whatever the
+    query, it gives what the general loop (`query_parameter`) gives."""
+    assert token_from_query(query) == query_parameter(query, b"token")
 
 
 def test_missing_token_is_refused() -> None:
