@@ -177,7 +177,11 @@ def _restated_constructors() -> list[str]:
         (
             "WebSocketsSansIOProtocol",
             [WebSocketsSansIOProtocol.__init__, WebSocketsSansIOProtocol.connection_made],
-            [WebSocketsSansIODirectProtocol.for_parsed_handshake],
+            [
+                WebSocketsSansIODirectProtocol.for_parsed_handshake,
+                WebSocketsSansIODirectProtocol.open_parsed,
+                WebSocketsSansIODirectProtocol._open_without_task,
+            ],
             # a property there, built on first use; and the state kept as class defaults
             {"conn", *class_defaults(WebSocketsSansIODirectProtocol)},
         ),

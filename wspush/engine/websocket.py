@@ -191,7 +191,7 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         self.connections = server_state.connections
         self.tasks = server_state.tasks
         self.default_headers = server_state.default_headers
-        self.queue = LightQueue()  # type: ignore[assignment]
+        # `queue`: set by `open_parsed`, the endpoint itself or a queue for the task
         self.writable = LightEvent(True)  # type: ignore[assignment]
         self.ping_interval = config.ws_ping_interval
         self.ping_timeout = config.ws_ping_timeout
@@ -271,6 +271,7 @@ class WebSocketsSansIODirectProtocol(WebSocketsSansIOProtocol):
         }
         if self._open_without_task(forwarded):
             return
+        self.queue = LightQueue()  # type: ignore[assignment]
         self.queue.put_nowait({"type": "websocket.connect"})
         # uvicorn's run_asgi: the scope already has the extension, so without the
         # coroutine `run_asgi` below adds (it would stay suspended for the connection).
