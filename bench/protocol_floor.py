@@ -8,7 +8,9 @@ spends per connection beyond this is its own: scope, admission, hub, stream obje
     python bench/setup_cost.py --label floor --cmd "$PWD/.venv/bin/python bench/protocol_floor.py"
 
 It takes the Go-style flags the measuring tools pass (`-addr HOST:PORT`; `-redis` and
-`-prefix` are ignored).
+`-prefix` are ignored), and `-delay-us N`: spin N µs of CPU before each answer, a floor
+as slow as a server doing N µs more work per connection (`bench/setup_split.py`
+compares where the kernel's share goes then).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import base64
 import hashlib
+import time
 
 import httptools
 import uvloop
@@ -32,8 +35,9 @@ PONG = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 class FloorProtocol(asyncio.Protocol):
     """One connection: parse the head, answer it, keep the connection."""
 
-    def __init__(self, streams: set[FloorProtocol]) -> None:
+    def __init__(self, streams: set[FloorProtocol], delay: float = 0.0) -> None:
         self.streams = streams
+        self.delay = delay
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = None
         self.url = b""
@@ -65,6 +69,10 @@ class FloorProtocol(asyncio.Protocol):
     def answer(self) -> None:
         transport = self.transport
         assert transport is not None
+        if self.delay:
+            busy_until = time.perf_counter() + self.delay
+            while time.perf_counter() < busy_until:
+                pass
         if self.url == b"/ping":
             transport.write(PONG)
             return
@@ -83,10 +91,12 @@ class FloorProtocol(asyncio.Protocol):
         self.streams.discard(self)
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, delay: float) -> None:
     streams: set[FloorProtocol] = set()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: FloorProtocol(streams), host, port, backlog=2048)
+    server = await loop.create_server(
+        lambda: FloorProtocol(streams, delay), host, port, backlog=2048
+    )
     async with server:
         await server.serve_forever()
 
@@ -96,9 +106,10 @@ def main() -> None:
     parser.add_argument("-addr", default="127.0.0.1:8080")
     parser.add_argument("-redis", default="")
     parser.add_argument("-prefix", default="")
+    parser.add_argument("-delay-us", type=float, default=0.0, help="CPU spent per answer")
     args = parser.parse_args()
     host, _, port = args.addr.rpartition(":")
-    uvloop.run(serve(host or "127.0.0.1", int(port)))
+    uvloop.run(serve(host or "127.0.0.1", int(port), args.delay_us / 1e6))
 
 
 if __name__ == "__main__":
