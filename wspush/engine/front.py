@@ -84,9 +84,12 @@ HTTP_SCOPE_KEYS = frozenset(
 
 
 class NoCallbacks:
-    """What httptools' parser of a first head reports to: nothing (see `_open`)."""
+    """What httptools' parser of a first head reports to: nothing (see `_open`). Each
+    callback it looks up is there, as None: a missing one would cost it an exception."""
 
     __slots__ = ()
+    on_message_begin = on_url = on_status = on_header = on_headers_complete = None
+    on_body = on_message_complete = on_chunk_header = on_chunk_complete = None
 
 
 NO_CALLBACKS = NoCallbacks()

@@ -20,7 +20,6 @@ websockets 17.4, as tests/test_engine.py compares.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import re
@@ -132,7 +131,7 @@ def switching_protocols(
 ) -> bytes:
     """The 101 response, byte for byte as uvicorn's websockets-sansio protocol writes it:
     websockets' three handshake headers, then uvicorn's and the app's, names lowercased."""
-    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    accept = binascii.b2a_base64(hashlib.sha1(key + GUID).digest(), newline=False)
     parts = [SWITCHING_PROTOCOLS, accept, b"\r\n"]
     for name, value in headers:
         parts += [name.lower(), b": ", value, b"\r\n"]
