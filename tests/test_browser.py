@@ -502,6 +502,9 @@ def test_browser_loses_nothing_across_a_rolling_restart_of_two_instances_behind_
                  const got = []; window['es' + i].onmessage = (e) => got.push(e.data);
                  return got; }); }"""
         )
+        # Open (subscribed) before the first message: a stream opened after it would
+        # start, rightly, without it.
+        wait_js(page, "[0, 1, 2, 3].every((i) => window['es' + i].readyState === 1)")
         with HistoryPublisher(redis_server, token, count=400, interval=0.01) as publisher:
             wait_js(page, "streams.every((s) => s.length >= 20)")
             for relay in relays:  # one after the other, as a rolling deploy does
