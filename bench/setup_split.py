@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.flood import LOADGEN
+from bench.setup_cost import answers
 from tests.conftest import RedisServer, free_port, wait_until
 
 CONNECTIONS = 10_000
@@ -48,14 +48,6 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     """A process's user and system CPU time so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
-
-
-def answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 def one_run(cmd: list[str], mode: str, redis_port: int, workdir: Path) -> dict[str, float]:

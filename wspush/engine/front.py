@@ -54,6 +54,7 @@ from wspush.engine.http import (
     HTTPDirectWriter,
     HttpToolsDirectProtocol,
     LightFlowControl,
+    has_request_body,
     request_head_limit,
     server_loop,
     transport_addresses,
@@ -316,8 +317,7 @@ class FrontProtocol(asyncio.Protocol):
         limit = self.config.limit_concurrency
         return (
             (connection is None or connection.lower().find(b"close") < 0)
-            and b"transfer-encoding" not in fields
-            and fields.get(b"content-length", b"0") == b"0"
+            and not has_request_body(fields)
             and b"expect" not in fields
             and (limit is None or not self._over_concurrency_limit(limit))
         )

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 import httptools
@@ -385,7 +385,7 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
         no trip through the ASGI call chain. The app gets the scope its proxy-headers
         middleware would pass on; the head goes out through uvicorn's own `send`.
         """
-        if has_request_body(cycle.scope["headers"]):
+        if has_request_body(dict(cycle.scope["headers"])):
             return self.app
         stream: TaskFreeStream | None
         stream, app = open_without_task(self.app, "open_sse_now", cycle.scope, writer)  # type: ignore[arg-type]
@@ -403,9 +403,10 @@ class HttpToolsDirectProtocol(HttpToolsProtocol):
             stream.disconnected()
 
 
-def has_request_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """Whether a request says it has a body (nobody would read it on a task-free stream)."""
-    for name, value in headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
-            return True
-    return False
+def has_request_body(fields: Mapping[bytes, bytes]) -> bool:
+    """Whether a request says it has a body (nobody would read it on a task-free stream).
+
+    `fields`: its headers by lowercase name. httptools refuses a head with two
+    `Content-Length`s, or with one and `Transfer-Encoding`, so a dict of a head it
+    accepted loses nothing this asks about."""
+    return b"transfer-encoding" in fields or fields.get(b"content-length", b"0") != b"0"

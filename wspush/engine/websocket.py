@@ -5,14 +5,14 @@ Upstream touched (checked against uvicorn 0.54.0 and websockets 17.4;
 `wspush.engine.compat` checks them at start-up, and wspush serves through uvicorn's
 stock protocols if any is missing):
 - `uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol`: its
-  constructor and `connection_made` are restated for a parsed handshake, in slots or as
-  class defaults (`config`,
-  `app`, `loop`, `logger`, `root_path`, `asgi_version`, `app_state`, `connections`,
-  `tasks`, `default_headers`, `queue`, `handshake_initiated`, `handshake_complete`,
-  `close_sent`, `disconnected`, `close_timer`, `close_timeout`, `initial_response`,
-  `read_paused`, `writable`, `ping_interval`, `ping_timeout`, `ping_timer`,
-  `pong_timer`, `pending_ping_payload`, `ping_sent_at`, `last_ping_rtt`, `frames`,
-  `curr_msg_data_type`, `conn`, `transport`, `server`, `client`, `scheme`, `scope`);
+  constructor and `connection_made` are restated for a parsed handshake, in slots or
+  as class defaults (`config`, `app`, `loop`, `logger`, `root_path`, `asgi_version`,
+  `app_state`, `connections`, `tasks`, `default_headers`, `queue`,
+  `handshake_initiated`, `handshake_complete`, `close_sent`, `disconnected`,
+  `close_timer`, `close_timeout`, `initial_response`, `read_paused`, `writable`,
+  `ping_interval`, `ping_timeout`, `ping_timer`, `pong_timer`, `pending_ping_payload`,
+  `ping_sent_at`, `last_ping_rtt`, `frames`, `curr_msg_data_type`, `conn`,
+  `transport`, `server`, `client`, `scheme`, `scope`);
   it overrides `send`, `run_asgi`, `send_receive_event_to_app`, `data_received` and
   `shutdown`, and calls
   `start_keepalive`, `stop_keepalive`, `on_task_complete`, `request` and `response`;
