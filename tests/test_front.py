@@ -15,7 +15,7 @@ import uvicorn
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
-from tests.clients import SSEClient
+from tests.clients import RawWebSocket, SSEClient
 from tests.conftest import RedisServer, wait_until
 from tests.test_engine import (
     both_servers,
@@ -28,6 +28,7 @@ from tests.test_factory import ready
 from wspush import Settings
 from wspush.engine.front import HTTP_SCOPE_KEYS, FrontProtocol
 from wspush.engine.http import HttpToolsDirectProtocol
+from wspush.engine.websocket import WebSocketsSansIODirectProtocol
 
 pytestmark = pytest.mark.anyio
 
@@ -262,3 +263,35 @@ async def test_an_sse_client_is_served_by_the_protocol_it_started_on(
             assert sse.response is not None
             assert protocols_of(server).count(FrontProtocol) == 1
             assert HttpToolsDirectProtocol not in protocols_of(server)
+
+
+async def test_a_websocket_it_opens_stays_on_its_transport_and_passes_everything_on(
+    redis_server: RedisServer, token: str
+) -> None:
+    """The front protocol stays the transport's protocol (uvloop's `set_protocol` would
+    restart reading): the WebSocket protocol it opened gets every event through it, so
+    pings are answered, messages delivered, and the client's close is seen at once."""
+    with wspush_server(Settings(redis=redis_server.address)) as (server, port):
+        assert ready(f"127.0.0.1:{port}")
+        ws = await RawWebSocket.open(port, f"/?token={token}")
+        try:
+            (opened,) = [
+                connection
+                for connection in list(server.server_state.connections)
+                if isinstance(connection, WebSocketsSansIODirectProtocol)
+            ]
+            front = opened.transport.get_protocol()
+            assert isinstance(front, FrontProtocol)
+            assert front.successor is opened
+            assert FrontProtocol not in protocols_of(server)  # uvicorn closes the WebSocket's
+
+            ws.send(0x9, b"are you there")
+            assert await ws.frame() == (0xA, b"are you there")
+            assert redis_server.publish(f"example.{token}", "hello") >= 1  # other tests' relays
+            assert await ws.frame() == (0x2, b"hello")
+
+            ws.send(0x8, (1000).to_bytes(2, "big"))
+            assert await ws.frame() == (0x8, (1000).to_bytes(2, "big"))
+            wait_until(lambda: opened not in server.server_state.connections, 5, "the close")
+        finally:
+            ws.close()

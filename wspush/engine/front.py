@@ -9,7 +9,9 @@ callbacks that build the scope as they go, and for an upgrade, a second scope).
 pass once it is whole, and, when it is one wspush's app opens at once (see
 `wspush.contract.TaskFreeStream`), opens it from what it read:
 - a plain WebSocket handshake goes to `WebSocketsSansIODirectProtocol.for_parsed_handshake`,
-  as `HttpToolsDirectProtocol` hands it over;
+  as `HttpToolsDirectProtocol` hands it over, and this protocol passes the connection's
+  events on to it (so the transport's reading is not restarted, as `set_protocol`
+  would);
 - an SSE GET is served on uvicorn's own request cycle (`StreamCycle`), as in
   `HttpToolsDirectProtocol._open_without_task`, and when the stream ends, the
   connection goes on under `HttpToolsDirectProtocol`.
@@ -142,7 +144,9 @@ class FrontProtocol(asyncio.Protocol):
     It offers what uvicorn's `Server` asks of every connection it keeps in
     `server_state.connections` (`shutdown`), and what the WebSocket protocol's
     `for_parsed_handshake` reads of the HTTP protocol it comes from. An SSE stream keeps
-    it for hours, so it has slots and lets go of the head once the stream is open.
+    it for hours, so it has slots and lets go of the head once the stream is open. A
+    WebSocket keeps it too, as the transport's protocol that passes every event on to
+    the WebSocket protocol (`successor`), which is in `server_state.connections`.
     """
 
     __slots__ = (
@@ -164,6 +168,7 @@ class FrontProtocol(asyncio.Protocol):
         "server",
         "server_state",
         "stream",
+        "successor",
         "transport",
         "url",
     )
@@ -195,6 +200,7 @@ class FrontProtocol(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.cycle: RequestResponseCycle | None = None  # an SSE stream's, once open
         self.stream: TaskFreeStream | None = None
+        self.successor: asyncio.Protocol | None = None  # an open WebSocket's protocol
         self.held = b""  # what the client sent after an SSE request, for after it
         self.reading_paused = False
 
@@ -211,6 +217,9 @@ class FrontProtocol(asyncio.Protocol):
             self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
 
     def data_received(self, data: bytes) -> None:
+        if self.successor is not None:
+            self.successor.data_received(data)
+            return
         if self.cycle is not None:  # an open SSE stream: the next request waits for its end
             self.held += data
             if not self.reading_paused:
@@ -235,6 +244,9 @@ class FrontProtocol(asyncio.Protocol):
         self._open(received[:end], upgrade)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.successor is not None:
+            self.successor.connection_lost(exc)
+            return
         self.connections.discard(self)
         cycle = self.cycle
         if cycle is not None:
@@ -248,12 +260,21 @@ class FrontProtocol(asyncio.Protocol):
             stream.disconnected()
         self.parser = None
 
+    def eof_received(self) -> bool | None:
+        if self.successor is not None:
+            return self.successor.eof_received()
+        return None
+
     def pause_writing(self) -> None:
-        if self.flow is not None:
+        if self.successor is not None:
+            self.successor.pause_writing()
+        elif self.flow is not None:
             self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        if self.flow is not None:
+        if self.successor is not None:
+            self.successor.resume_writing()
+        elif self.flow is not None:
             self.flow.resume_writing()
 
     def shutdown(self) -> None:
@@ -347,8 +368,11 @@ class FrontProtocol(asyncio.Protocol):
         self.connections.discard(self)
         protocol = ws_class.for_parsed_handshake(self)
         protocol.open_parsed(self.url, self.headers, key, forwarding_headers(fields))
-        self.transport.set_protocol(protocol)
+        # The transport keeps this protocol, which passes everything on: uvloop's
+        # `set_protocol` restarts reading, which costs the kernel an epoll update.
+        self.successor = protocol
         self.parser = None
+        self.received = self.url = b""
 
     def _open_sse(self, forwarded: bool) -> None:
         """An SSE stream the app opens at once, on uvicorn's request cycle, as
