@@ -283,7 +283,7 @@ async def test_a_websocket_it_opens_stays_on_its_transport_and_passes_everything
             front = opened.transport.get_protocol()
             assert isinstance(front, FrontProtocol)
             assert front.successor is opened
-            assert FrontProtocol not in protocols_of(server)  # uvicorn closes the WebSocket's
+            assert FrontProtocol not in protocols_of(server)  # shutdown closes it as a WebSocket
 
             ws.send(0x9, b"are you there")
             assert await ws.frame() == (0xA, b"are you there")
