@@ -1,6 +1,7 @@
 """bench/loadtest.py works against a real wspush: a short run of each mode, so the tool a
 user points at a deployment is known to measure correctly (its figures are checked
-for sense, not for speed: speed is measured by running the benchmark, not by tests)."""
+for sense, not for speed: speed is measured by running the benchmark, not by tests).
+bench/open_cost.py, which drives the engine's protocols itself, still opens streams."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from tests.conftest import RedisServer, Wspush
 
 LOADTEST = Path(__file__).parent.parent / "bench" / "loadtest.py"
+OPEN_COST = Path(__file__).parent.parent / "bench" / "open_cost.py"
 
 
 def loadtest(relay: Wspush, redis_server: RedisServer, *args: str) -> dict[str, object]:
@@ -79,3 +81,16 @@ def test_jwt_mode_connects_with_jwts_and_publishes_to_their_sub(
     assert report["failed"] == 0
     assert report["expected"] == report["received"] == 200
     assert isinstance(report["setup_server_cpu_s"], float)
+
+
+def test_open_cost_opens_every_stream_it_times_on_both_transports() -> None:
+    """Its stand-in transport offers what the engine's protocols ask of a transport: each
+    child process checks that every connection it drove is open in the hub."""
+    result = subprocess.run(
+        [sys.executable, str(OPEN_COST), "-n", "300", "--reps", "1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    medians = result.stdout.split("# medians", 1)[1].split()
+    for mode in ("ws", "sse"):
+        assert float(medians[medians.index(mode) + 1]) > 0
